@@ -1,0 +1,6 @@
+//! `image-builder`: build golden images from templates.
+
+fn main() -> std::process::ExitCode {
+    common::init_tracing();
+    std::process::ExitCode::SUCCESS
+}
