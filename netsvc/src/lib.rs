@@ -7,6 +7,8 @@
 //! returning a handle with `local_addr()` and `shutdown()`, and dropping the handle stops it.
 #![warn(clippy::print_stdout)]
 
+pub mod http;
+pub mod tftp;
 mod types;
 
 pub use types::{MacAddr, ParseMacError};
