@@ -331,3 +331,96 @@ async fn tftp_clients_across_namespaces() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_boot_across_namespaces() -> Result<()> {
+    let files = boot_files()?;
+    let rack = Rack::new()?;
+    let cfg = netsvc::http::Config {
+        listen: SocketAddr::new(IpAddr::V4(rack.server_ip), 80),
+        boot_dir: files.root.clone(),
+        ipxe_dir: Some(netsvc::tftp::DEFAULT_IPXE_DIR.into()),
+        template_dir: None,
+        default_boot: netsvc::http::DefaultBoot {
+            kernel: Some("deploy/vmlinuz".into()),
+            initrd: None,
+            cmdline: "console=ttyS0".into(),
+        },
+    };
+    let _servers = InNetns::start(&rack.server_ns, move || {
+        Box::pin(async move {
+            let deps = netsvc::http::HttpDeps {
+                scripts: std::sync::Arc::new(netsvc::http::DefaultScripts),
+                extra_routes: None,
+            };
+            let h = netsvc::http::Server::start(cfg, deps).await?;
+            Ok(Box::new(h) as Box<dyn Any + Send>)
+        })
+    })?;
+    let base = format!("http://{}", rack.server_ip);
+
+    let out = rack
+        .client(&[
+            "curl",
+            "-sS",
+            "--fail",
+            &format!("{base}/boot/52-54-00-62-00-09.ipxe"),
+        ])
+        .await?;
+    let script = out.stdout_lossy();
+    ensure!(script.starts_with("#!ipxe\n"), "{script}");
+    ensure!(
+        script.contains("kernel /files/deploy/vmlinuz console=ttyS0"),
+        "{script}"
+    );
+
+    // The kernel line's relative URL resolves against the script's: fetch it the same way.
+    let dest = files.base.join("kernel");
+    rack.client(&[
+        "curl",
+        "-sS",
+        "--fail",
+        "-o",
+        dest.as_str(),
+        &format!("{base}/files/deploy/vmlinuz"),
+    ])
+    .await?;
+    same(&dest, &files.root.join("deploy/vmlinuz"))?;
+
+    let out = rack
+        .client(&[
+            "curl",
+            "-sS",
+            "--fail",
+            "-r",
+            "10-19",
+            &format!("{base}/files/deploy/vmlinuz"),
+        ])
+        .await?;
+    let want = std::fs::read(files.root.join("deploy/vmlinuz"))?;
+    ensure!(out.stdout == want[10..20], "range differs");
+
+    let dest = files.base.join("snponly.efi");
+    rack.client(&[
+        "curl",
+        "-sS",
+        "--fail",
+        "-o",
+        dest.as_str(),
+        &format!("{base}/ipxe/snponly.efi"),
+    ])
+    .await?;
+    same(&dest, Utf8Path::new("/usr/lib/ipxe/snponly.efi"))?;
+
+    let r = rack
+        .client(&[
+            "curl",
+            "-sS",
+            "--fail",
+            "--path-as-is",
+            &format!("{base}/files/../outside.txt"),
+        ])
+        .await;
+    ensure!(r.is_err(), "../outside.txt was served");
+    Ok(())
+}

@@ -22,6 +22,7 @@ mod transfer;
 pub use config::{Config, TftpConfigError, TftpSection};
 pub use ipxe::{DEFAULT_IPXE_DIR, IPXE_FILES, IpxeBinaries, IpxeError};
 pub use root::HostFiles;
+pub(crate) use root::{ResolveError, confine};
 pub use server::{Server, ServerHandle, TftpDeps, TftpError};
 
 /// Runs the request decoder and the decisions on one datagram, as the server does before any

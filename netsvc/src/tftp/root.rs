@@ -107,26 +107,28 @@ impl Root {
         {
             return Ok(Content::Memory(bytes.into()));
         }
-        let candidate = self.dir.join(&rel);
-        match candidate.canonicalize_utf8() {
-            Ok(real) => {
-                if !real.starts_with(&self.dir) {
-                    return Err(ResolveError::Escapes { path: candidate });
-                }
-                return open_regular(&real);
-            }
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) => {
-                return Err(ResolveError::Open {
-                    path: candidate,
-                    err,
-                });
-            }
+        if let Some(real) = confine(&self.dir, &rel)? {
+            return open_regular(&real);
         }
         if let Some(path) = self.ipxe.as_ref().and_then(|i| i.path_of(&rel)) {
             return open_regular(&path);
         }
         Err(ResolveError::NotFound { path: rel })
+    }
+}
+
+/// The real path of `rel` under the canonical directory `dir`, following symlinks only as long
+/// as they stay inside it; `None` when nothing of that name exists.
+pub(crate) fn confine(dir: &Utf8Path, rel: &str) -> Result<Option<Utf8PathBuf>, ResolveError> {
+    let candidate = dir.join(rel);
+    match candidate.canonicalize_utf8() {
+        Ok(real) if real.starts_with(dir) => Ok(Some(real)),
+        Ok(_) => Err(ResolveError::Escapes { path: candidate }),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(ResolveError::Open {
+            path: candidate,
+            err,
+        }),
     }
 }
 

@@ -11,7 +11,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info, warn};
+use tracing::{debug, info, warn};
 
 use super::codec::{self, ErrorCode, Mode, Packet, Request};
 use super::config::Config;
@@ -205,16 +205,10 @@ async fn serve(sock: UdpSocket, shared: Arc<Shared>, token: CancellationToken) {
                     let span = tracing::debug_span!("tftp_transfer", %peer, file = %req.filename);
                     let shared = shared.clone();
                     let token = token.child_token();
-                    tokio::spawn(
-                        async move {
-                            let _permit = permit;
-                            tokio::select! {
-                                () = token.cancelled() => {}
-                                () = transfer_task(&shared, peer, req) => {}
-                            }
-                        }
-                        .instrument(span),
-                    );
+                    tokio::task::spawn_blocking(move || {
+                        let _permit = permit;
+                        span.in_scope(|| transfer_task(&shared, peer, &req, &token));
+                    });
                     continue;
                 }
                 Err(_) => {
@@ -232,38 +226,29 @@ async fn serve(sock: UdpSocket, shared: Arc<Shared>, token: CancellationToken) {
     }
 }
 
-/// Answers one read request from a fresh socket (its transfer ID).
-async fn transfer_task(shared: &Shared, peer: SocketAddr, req: Request) {
+/// Answers one read request from a fresh socket (its transfer ID). Blocking: runs on its own
+/// thread, like a tftpd-hpa child process.
+fn transfer_task(shared: &Shared, peer: SocketAddr, req: &Request, cancel: &CancellationToken) {
     // TODO(robustness): with a wildcard listen address the reply leaves from the address the
     // routing table picks, not necessarily the one the request was sent to (IP_PKTINFO).
     let local = SocketAddr::new(shared.cfg.listen.ip(), 0);
-    let sock = match UdpSocket::bind(local).await {
+    let sock = match std::net::UdpSocket::bind(local).and_then(|s| s.connect(peer).map(|()| s)) {
         Ok(s) => s,
         Err(err) => {
-            warn!(error = %ErrorChain(&err), "failed to bind a transfer socket");
+            warn!(error = %ErrorChain(&err), "failed to open a transfer socket");
             return;
         }
     };
-    if let Err(err) = sock.connect(peer).await {
-        debug!(error = %ErrorChain(&err), "failed to connect the transfer socket");
-        return;
-    }
     let refuse = |code, message: &str| {
         let pkt = codec::encode(&Packet::Error {
             code,
             message: message.to_owned(),
         });
-        let sock = &sock;
-        async move {
-            let _ = sock.send(&pkt).await;
-        }
+        let _ = sock.send(&pkt);
     };
-    let root = shared.root.clone();
-    let filename = req.filename.clone();
-    let opened = tokio::task::spawn_blocking(move || root.open(peer.ip(), &filename)).await;
-    let content = match opened {
-        Ok(Ok(c)) => c,
-        Ok(Err(err)) => {
+    let content = match shared.root.open(peer.ip(), &req.filename) {
+        Ok(c) => c,
+        Err(err) => {
             debug!(error = %ErrorChain(&err), "request refused");
             let (code, msg) = match err {
                 ResolveError::NotFound { .. } | ResolveError::NotAFile { .. } => {
@@ -274,27 +259,31 @@ async fn transfer_task(shared: &Shared, peer: SocketAddr, req: Request) {
                 }
                 ResolveError::Open { .. } => (ErrorCode::ACCESS_VIOLATION, "cannot open file"),
             };
-            refuse(code, msg).await;
-            return;
-        }
-        Err(err) => {
-            warn!(error = %ErrorChain(&err), "file lookup task failed");
-            refuse(ErrorCode::NOT_DEFINED, "internal error").await;
+            refuse(code, msg);
             return;
         }
     };
-    let neg = match policy::negotiate(&req, &shared.limits, Some(content.len())) {
+    let neg = match policy::negotiate(req, &shared.limits, Some(content.len())) {
         Ok(n) => n,
         Err(err) => {
             debug!(error = %ErrorChain(&err), "option negotiation failed");
-            refuse(ErrorCode::OPTION_NEGOTIATION, "option negotiation failed").await;
+            refuse(ErrorCode::OPTION_NEGOTIATION, "option negotiation failed");
             return;
         }
     };
     let timeout = neg.timeout.unwrap_or(shared.cfg.timeout);
     let started = Instant::now();
     let netascii = req.mode == Mode::Netascii;
-    match transfer::send(&sock, content, netascii, &neg, timeout, shared.cfg.retries).await {
+    let result = transfer::send(
+        &sock,
+        content,
+        netascii,
+        &neg,
+        timeout,
+        shared.cfg.retries,
+        cancel,
+    );
+    match result {
         Ok(stats) => debug!(
             bytes = stats.bytes,
             retransmits = stats.retransmits,

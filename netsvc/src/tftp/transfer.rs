@@ -1,12 +1,17 @@
 //! One read transfer on its own socket: optional OACK handshake, then DATA blocks sent in
 //! windows (a window of 1 is RFC 1350's lock-step), retransmitted on timeout.
+//!
+//! A transfer runs on a blocking thread with a blocking socket, as tftpd-hpa runs a process:
+//! lock-step TFTP is one round trip per block, and a blocking `recv` wakes faster than a
+//! runtime's reactor. The server bounds how many run at once.
 
 use std::collections::VecDeque;
 use std::io;
+use std::net::UdpSocket;
 use std::os::unix::fs::FileExt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
 
 use super::codec::{self, ErrorCode, Packet};
 use super::policy::Negotiated;
@@ -26,6 +31,8 @@ pub(crate) enum TransferError {
     TimedOut { block: u16, retries: u32 },
     #[error("client sent error {code}: {message}")]
     Client { code: ErrorCode, message: String },
+    #[error("server shutting down")]
+    Cancelled,
 }
 
 /// Produces the bytes on the wire: the content, converted to netascii if asked.
@@ -51,10 +58,10 @@ impl Reader {
     }
 
     /// Appends up to `n` bytes to `out`; fewer only at the end of the content.
-    async fn fill(&mut self, out: &mut Vec<u8>, n: usize) -> io::Result<()> {
+    fn fill(&mut self, out: &mut Vec<u8>, n: usize) -> io::Result<()> {
         let mut need = n;
         while need > 0 {
-            if self.at == self.chunk.len() && !self.refill().await? {
+            if self.at == self.chunk.len() && !self.refill()? {
                 break;
             }
             let take = need.min(self.chunk.len() - self.at);
@@ -66,7 +73,7 @@ impl Reader {
     }
 
     /// Loads the next chunk; `false` at the end of the content.
-    async fn refill(&mut self) -> io::Result<bool> {
+    fn refill(&mut self) -> io::Result<bool> {
         if self.eof {
             return Ok(false);
         }
@@ -79,24 +86,17 @@ impl Reader {
                 raw.extend_from_slice(&m[start..end]);
             }
             Content::File { file, .. } => {
-                let file = file.clone();
-                let pos = self.pos;
-                raw = tokio::task::spawn_blocking(move || -> io::Result<Vec<u8>> {
-                    raw.resize(CHUNK, 0);
-                    let mut got = 0;
-                    while got < CHUNK {
-                        match file.read_at(&mut raw[got..], pos + got as u64) {
-                            Ok(0) => break,
-                            Ok(n) => got += n,
-                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                            Err(e) => return Err(e),
-                        }
+                raw.resize(CHUNK, 0);
+                let mut got = 0;
+                while got < CHUNK {
+                    match file.read_at(&mut raw[got..], self.pos + got as u64) {
+                        Ok(0) => break,
+                        Ok(n) => got += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
                     }
-                    raw.truncate(got);
-                    Ok(raw)
-                })
-                .await
-                .map_err(io::Error::other)??;
+                }
+                raw.truncate(got);
             }
         }
         self.pos += raw.len() as u64;
@@ -134,38 +134,68 @@ pub(crate) struct Stats {
 }
 
 /// Waits for the next ACK (or ERROR) on `sock`; `None` on timeout. Other packets are ignored.
-async fn recv_ack(
+/// The socket's read timeout must already be `timeout`.
+fn recv_ack(
     sock: &UdpSocket,
     buf: &mut [u8],
     timeout: Duration,
+    cancel: &CancellationToken,
 ) -> Result<Option<u16>, TransferError> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let n = match tokio::time::timeout_at(deadline, sock.recv(buf)).await {
-            Err(_) => return Ok(None),
+    let deadline = Instant::now() + timeout;
+    let mut shortened = false;
+    let result = loop {
+        if cancel.is_cancelled() {
+            break Err(TransferError::Cancelled);
+        }
+        let n = match sock.recv(buf) {
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                break Ok(None);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             // An ICMP port unreachable from an earlier send: the client went away.
-            Ok(Err(e)) => return Err(TransferError::Socket(e)),
-            Ok(Ok(n)) => n,
+            Err(e) => break Err(TransferError::Socket(e)),
         };
         match codec::decode(&buf[..n]) {
-            Ok(Packet::Ack { block }) => return Ok(Some(block)),
+            Ok(Packet::Ack { block }) => break Ok(Some(block)),
             Ok(Packet::Error { code, message }) => {
-                return Err(TransferError::Client { code, message });
+                break Err(TransferError::Client { code, message });
             }
             Ok(_) | Err(_) => tracing::trace!(len = n, "ignored packet during transfer"),
         }
+        // Something else arrived: wait only for what is left of the timeout.
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break Ok(None);
+        }
+        sock.set_read_timeout(Some(left))
+            .map_err(TransferError::Socket)?;
+        shortened = true;
+    };
+    if shortened {
+        sock.set_read_timeout(Some(timeout))
+            .map_err(TransferError::Socket)?;
     }
+    result
 }
 
 /// Sends `content` to the peer `sock` is connected to.
-pub(crate) async fn send(
+pub(crate) fn send(
     sock: &UdpSocket,
     content: Content,
     netascii: bool,
     neg: &Negotiated,
     timeout: Duration,
     retries: u32,
+    cancel: &CancellationToken,
 ) -> Result<Stats, TransferError> {
+    sock.set_read_timeout(Some(timeout))
+        .map_err(TransferError::Socket)?;
     let mut rbuf = vec![0u8; 1024];
     let mut stats = Stats {
         bytes: 0,
@@ -177,8 +207,8 @@ pub(crate) async fn send(
         });
         let mut tries = 0;
         loop {
-            sock.send(&oack).await.map_err(TransferError::Socket)?;
-            match recv_ack(sock, &mut rbuf, timeout).await? {
+            sock.send(&oack).map_err(TransferError::Socket)?;
+            match recv_ack(sock, &mut rbuf, timeout, cancel)? {
                 Some(0) => break,
                 Some(_) => {}
                 None if tries < retries => {
@@ -210,19 +240,18 @@ pub(crate) async fn send(
             codec::put_data_header(&mut pkt, block);
             reader
                 .fill(&mut pkt, blksize)
-                .await
                 .map_err(TransferError::Read)?;
             if pkt.len() - 4 < blksize {
                 read_all = true;
             }
             stats.bytes += (pkt.len() - 4) as u64;
-            sock.send(&pkt).await.map_err(TransferError::Socket)?;
+            sock.send(&pkt).map_err(TransferError::Socket)?;
             window.push_back(pkt);
         }
         if window.is_empty() {
             return Ok(stats);
         }
-        match recv_ack(sock, &mut rbuf, timeout).await? {
+        match recv_ack(sock, &mut rbuf, timeout, cancel)? {
             Some(ack) => {
                 let acked = usize::from(ack.wrapping_sub(base).wrapping_add(1));
                 if (1..=window.len()).contains(&acked) {
@@ -232,17 +261,17 @@ pub(crate) async fn send(
                     // The client acknowledged less than the full window: it lost the rest
                     // (RFC 7440 section 4), so resend what is left before adding more.
                     if wsize > 1 && !window.is_empty() {
-                        resend(sock, &window, &mut stats).await?;
+                        resend(sock, &window, &mut stats)?;
                     }
                 } else if wsize > 1 && acked == 0 {
                     // A repeated ACK of the block before the window: the first block was lost.
-                    resend(sock, &window, &mut stats).await?;
+                    resend(sock, &window, &mut stats)?;
                 }
                 // In lock-step, a duplicate ACK is ignored (Sorcerer's Apprentice).
             }
             None if tries < retries => {
                 tries += 1;
-                resend(sock, &window, &mut stats).await?;
+                resend(sock, &window, &mut stats)?;
             }
             None => {
                 return Err(TransferError::TimedOut {
@@ -254,13 +283,13 @@ pub(crate) async fn send(
     }
 }
 
-async fn resend(
+fn resend(
     sock: &UdpSocket,
     window: &VecDeque<Vec<u8>>,
     stats: &mut Stats,
 ) -> Result<(), TransferError> {
     for pkt in window {
-        sock.send(pkt).await.map_err(TransferError::Socket)?;
+        sock.send(pkt).map_err(TransferError::Socket)?;
         stats.retransmits += 1;
     }
     Ok(())
