@@ -14,6 +14,8 @@
 
 pub mod config;
 pub mod dhcp;
+pub mod http;
+pub mod tftp;
 mod types;
 
 use std::sync::Arc;
