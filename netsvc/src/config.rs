@@ -91,6 +91,18 @@ pub struct Settings {
     pub boot_dir: Utf8PathBuf,
     /// DHCP server settings; `None` when DHCP is disabled.
     pub dhcp: Option<dhcp::Config>,
+    /// TFTP server settings; `None` when TFTP is off. It runs when `[tftp]` is present or DHCP
+    /// is enabled (PXE firmware fetches iPXE over TFTP).
+    pub tftp: Option<crate::tftp::Config>,
+    /// HTTP boot server settings; `None` when off. It runs when `[http]` is present or DHCP is
+    /// enabled (iPXE fetches its script and kernels over HTTP).
+    pub http: Option<crate::http::Config>,
+    /// Interface whose IPv4 address the TFTP server binds (keeping the configured port), when
+    /// `tftp.listen` is not set and DHCP serves that interface.
+    pub tftp_iface: Option<String>,
+    /// Interface whose IPv4 address the HTTP server binds (keeping the configured port), when
+    /// `http.listen` is not set and DHCP serves that interface.
+    pub http_iface: Option<String>,
 }
 
 mod wire {
@@ -102,6 +114,8 @@ mod wire {
         pub(super) state_dir: Option<Utf8PathBuf>,
         pub(super) boot_dir: Option<Utf8PathBuf>,
         pub(super) dhcp: Option<Dhcp>,
+        pub(super) tftp: Option<crate::tftp::TftpSection>,
+        pub(super) http: Option<crate::http::HttpSection>,
     }
 
     #[derive(Debug, Default, Deserialize)]
@@ -561,20 +575,79 @@ impl TryFrom<(Merged, &Args)> for Settings {
                 "DHCP is enabled but no interface is configured (or pass --interface)".into(),
             ));
         }
+        let state_dir = args
+            .state_dir
+            .clone()
+            .or(w.state_dir)
+            .unwrap_or_else(|| "/var/lib/netsvc".into());
+        let boot_dir = args
+            .boot_dir
+            .clone()
+            .or(w.boot_dir)
+            .unwrap_or_else(|| "/srv/netsvc/boot".into());
+        // TFTP and HTTP listen on the first DHCP interface's address unless configured: servers
+        // bind only where configured, never on every interface by accident. The address is
+        // looked up when the servers start (`run`), not here.
+        let boot_iface = if enabled {
+            cfg.interfaces.first().cloned()
+        } else {
+            None
+        };
+        let bind_iface = |section: &str| {
+            boot_iface
+                .clone()
+                .filter(|_| !origins.0.contains_key(&format!("{section}.listen")))
+        };
+        let tftp = match (w.tftp, enabled) {
+            (None, false) => None,
+            (section, _) => {
+                let mut section = section.unwrap_or_default();
+                if !origins.0.contains_key("tftp.boot_dir") {
+                    section.boot_dir = boot_dir.clone();
+                }
+                Some(
+                    crate::tftp::Config::try_from(section)
+                        .map_err(|e| invalid(&format!("tftp.{}", e.key), e.reason.clone()))?,
+                )
+            }
+        };
+        let http = match (w.http, enabled) {
+            (None, false) => None,
+            (section, _) => {
+                let mut section = section.unwrap_or_default();
+                if !origins.0.contains_key("http.boot_dir") {
+                    section.boot_dir = boot_dir.clone();
+                }
+                Some(
+                    crate::http::Config::try_from(section)
+                        .map_err(|e| invalid(&format!("http.{}", e.key), e.reason.clone()))?,
+                )
+            }
+        };
+        // DHCP points iPXE at our HTTP server unless told otherwise.
+        if let Some(h) = &http
+            && d.http_port.is_none()
+        {
+            cfg.http_port = h.listen.port();
+        }
         Ok(Settings {
-            state_dir: args
-                .state_dir
-                .clone()
-                .or(w.state_dir)
-                .unwrap_or_else(|| "/var/lib/netsvc".into()),
-            boot_dir: args
-                .boot_dir
-                .clone()
-                .or(w.boot_dir)
-                .unwrap_or_else(|| "/srv/netsvc/boot".into()),
+            state_dir,
+            boot_dir,
             dhcp: enabled.then_some(cfg),
+            tftp_iface: tftp.as_ref().and_then(|_| bind_iface("tftp")),
+            http_iface: http.as_ref().and_then(|_| bind_iface("http")),
+            tftp,
+            http,
         })
     }
+}
+
+/// The first IPv4 address of `iface`.
+pub(crate) fn iface_addr(iface: &str) -> Option<Ipv4Addr> {
+    nix::ifaddrs::getifaddrs()
+        .ok()?
+        .filter(|a| a.interface_name == iface)
+        .find_map(|a| a.address.as_ref()?.as_sockaddr_in().map(|s| s.ip()))
 }
 
 #[cfg(test)]

@@ -51,6 +51,28 @@ pub enum RunError {
         #[source]
         err: dhcp::DhcpError,
     },
+    /// A boot server was to bind an interface that has no IPv4 address.
+    #[error("interface {iface} has no IPv4 address for the {proto} server")]
+    NoAddress {
+        /// The interface.
+        iface: String,
+        /// Which server.
+        proto: &'static str,
+    },
+    /// The TFTP server did not start.
+    #[error("failed to start the TFTP server")]
+    Tftp {
+        /// Why.
+        #[source]
+        err: tftp::TftpError,
+    },
+    /// The HTTP boot server did not start.
+    #[error("failed to start the HTTP boot server")]
+    Http {
+        /// Why.
+        #[source]
+        err: http::HttpStartError,
+    },
 }
 
 fn lease_db(settings: &config::Settings) -> Utf8PathBuf {
@@ -59,6 +81,41 @@ fn lease_db(settings: &config::Settings) -> Utf8PathBuf {
 
 /// Runs the standalone network services until `shutdown` is cancelled, then drains them.
 pub async fn run(settings: config::Settings, shutdown: CancellationToken) -> Result<(), RunError> {
+    // Boot-file servers first, so no client is sent to a server that is not there yet.
+    let bind = |iface: &Option<String>, listen: &mut std::net::SocketAddr, proto| {
+        if let Some(iface) = iface {
+            let ip = config::iface_addr(iface).ok_or_else(|| RunError::NoAddress {
+                iface: iface.clone(),
+                proto,
+            })?;
+            listen.set_ip(ip.into());
+        }
+        Ok::<_, RunError>(())
+    };
+    let tftp_handle = match settings.tftp.clone() {
+        Some(mut cfg) => Some({
+            bind(&settings.tftp_iface, &mut cfg.listen, "tftp")?;
+            tftp::Server::start(cfg, tftp::TftpDeps::default())
+                .await
+                .map_err(|err| RunError::Tftp { err })?
+        }),
+        None => None,
+    };
+    let http_handle = match settings.http.clone() {
+        Some(mut cfg) => {
+            bind(&settings.http_iface, &mut cfg.listen, "http")?;
+            let deps = http::HttpDeps {
+                scripts: Arc::new(http::DefaultScripts),
+                extra_routes: None,
+            };
+            Some(
+                http::Server::start(cfg, deps)
+                    .await
+                    .map_err(|err| RunError::Http { err })?,
+            )
+        }
+        None => None,
+    };
     let mut dhcp_handle = None;
     if let Some(cfg) = settings.dhcp.clone() {
         std::fs::create_dir_all(&settings.state_dir).map_err(|err| RunError::StateDir {
@@ -79,6 +136,12 @@ pub async fn run(settings: config::Settings, shutdown: CancellationToken) -> Res
     }
     shutdown.cancelled().await;
     if let Some(h) = dhcp_handle {
+        h.shutdown().await;
+    }
+    if let Some(h) = http_handle {
+        h.shutdown().await;
+    }
+    if let Some(h) = tftp_handle {
         h.shutdown().await;
     }
     Ok(())

@@ -7,15 +7,18 @@
 //!   whose serial console is watched for marker lines with [`Qemu::wait_for_line`].
 //! - [`test_kernel`] and [`marker_initramfs`]: a Linux kernel from Debian's cloud kernel package
 //!   and a tiny busybox initramfs that prints a marker and powers off.
+//! - [`Daemon`]: a daemon under test whose log lines are collected, killed in `Drop`.
 //! - [`workspace_bin`]: the path of a binary built from this workspace (nextest builds them all).
 //!
 //! Every harness owns what it creates and cleans it up in `Drop`.
 
 mod boot;
+mod daemon;
 mod netns;
 mod qemu;
 
 pub use boot::{marker_initramfs, test_kernel};
+pub use daemon::Daemon;
 pub use netns::{RackNet, require_root, unique_suffix};
 pub use qemu::{Firmware, Qemu, QemuSpec};
 
