@@ -426,36 +426,50 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildOutput
                 .rootfs
                 .as_ref()
                 .expect("invariant: disk plans have a rootfs key");
-            timed(reporter, Stage::Rootfs, rkey, || {
-                Ok(crate::tarball::write_rootfs_tar(
-                    &rootfs,
-                    &tmp.path.join("rootfs.tar.zst"),
-                    opts.source_date_epoch,
-                )?)
-            })?;
             let dkey = keys
                 .disk
                 .as_ref()
                 .expect("invariant: disk plans have a disk key");
-            let ids = DiskIds::new(dkey);
-            let raw = tmp.path.join("disk.raw");
-            timed(reporter, Stage::Disk, dkey, || {
-                disk::build_raw(
-                    &rootfs,
-                    &raw,
-                    &spec.disk,
-                    &ids,
-                    &work.path,
-                    opts.source_date_epoch,
-                )
-            })?;
             let qkey = keys
                 .qcow2
                 .as_ref()
                 .expect("invariant: disk plans have a qcow2 key");
-            timed(reporter, Stage::Qcow2, qkey, || {
-                disk::build_qcow2(&raw, &tmp.path.join("disk.qcow2"), spec.disk.qcow2_compress)
-            })?;
+            let ids = DiskIds::new(dkey);
+            let raw = tmp.path.join("disk.raw");
+            // The tarball and the disks only read the tree: build them side by side.
+            let (tar, disks) = std::thread::scope(|s| {
+                let tar = s.spawn(|| {
+                    timed(reporter, Stage::Rootfs, rkey, || {
+                        Ok(crate::tarball::write_rootfs_tar(
+                            &rootfs,
+                            &tmp.path.join("rootfs.tar.zst"),
+                            opts.source_date_epoch,
+                        )?)
+                    })
+                });
+                let disks = (|| {
+                    timed(reporter, Stage::Disk, dkey, || {
+                        disk::build_raw(
+                            &rootfs,
+                            &raw,
+                            &spec.disk,
+                            &ids,
+                            &work.path,
+                            opts.source_date_epoch,
+                        )
+                    })?;
+                    timed(reporter, Stage::Qcow2, qkey, || {
+                        disk::build_qcow2(
+                            &raw,
+                            &tmp.path.join("disk.qcow2"),
+                            spec.disk.qcow2_compress,
+                        )
+                    })
+                })();
+                (tar.join(), disks)
+            });
+            tar.expect("invariant: the tarball thread does not panic")?;
+            disks?;
             extra.kernel_cmdline = Some(disk::kernel_cmdline(&ids, &spec.disk.kernel_args));
             extra.root_partuuid = Some(ids.root.clone());
         }

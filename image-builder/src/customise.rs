@@ -412,3 +412,30 @@ fn run_hook(
         Err(e) => Err(e.into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn firstboot_script_golden() {
+        let all = firstboot_script(&FirstbootSpec {
+            regenerate_machine_id: true,
+            regenerate_host_keys: true,
+            grow_root: true,
+        })
+        .expect("renders");
+        expectorate::assert_contents("tests/output/firstboot.sh.txt", &all);
+        let none = firstboot_script(&FirstbootSpec {
+            regenerate_machine_id: false,
+            regenerate_host_keys: false,
+            grow_root: false,
+        })
+        .expect("renders");
+        assert!(
+            !none.contains("ssh-keygen -A") && !none.contains("resize2fs"),
+            "{none}"
+        );
+        assert!(none.contains("IMAGE-BUILDER-FIRSTBOOT-DONE"));
+    }
+}

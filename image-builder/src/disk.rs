@@ -387,6 +387,7 @@ mod tests {
         assert_eq!(ids, DiskIds::new(&StageKey("k".into())));
         assert_ne!(ids.root, ids.esp);
         let s = sfdisk_script(&l, &ids);
+        expectorate::assert_contents("tests/output/sfdisk-1024m.txt", &s);
         assert!(s.contains("attrs=\"LegacyBIOSBootable\""), "{s}");
         assert!(kernel_cmdline(&ids, "quiet").starts_with(&format!("root=PARTUUID={} ", ids.root)));
     }

@@ -122,10 +122,24 @@ pub(crate) fn write(
         .filter(|n| n != "manifest.json")
         .collect();
     names.sort();
+    // Multi-GB artifacts: hash them in parallel.
+    let hashed: Vec<std::io::Result<(u64, String)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = names
+            .iter()
+            .map(|n| {
+                let p = dir.join(n);
+                s.spawn(move || hash_file(&p))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("invariant: hashing does not panic"))
+            .collect()
+    });
     let mut artifacts = Vec::new();
-    for name in names {
+    for (name, h) in names.into_iter().zip(hashed) {
         let p = dir.join(&name);
-        let (size, sha256) = hash_file(&p).map_err(io("hash", &p))?;
+        let (size, sha256) = h.map_err(io("hash", &p))?;
         artifacts.push(Artifact { name, size, sha256 });
     }
     let m = Manifest {
