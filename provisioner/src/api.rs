@@ -605,6 +605,26 @@ pub struct Event {
     pub state: Option<HostState>,
 }
 
+/// Query of `GET /api/v1/events`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    /// Only events after this sequence number.
+    #[serde(default)]
+    pub after: Option<u64>,
+    /// Only this host's events.
+    #[serde(default)]
+    #[param(value_type = Option<String>)]
+    pub host: Option<HostId>,
+    /// At most this many events (default and maximum 10000; ignored with `follow`).
+    #[serde(default)]
+    pub limit: Option<u32>,
+    /// Keep the response open and stream new events as JSON lines.
+    #[serde(default)]
+    pub follow: Option<bool>,
+}
+
 // ---------------------------------------------------------------------------------------------
 // Machine-facing endpoints (imager in the deploy ramdisk, enrolling installed host)
 

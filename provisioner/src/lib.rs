@@ -11,7 +11,12 @@
 #![warn(clippy::print_stdout)]
 
 pub mod api;
+pub mod config;
+pub mod control;
+pub mod http;
+pub mod images;
 pub mod lifecycle;
 pub mod rules;
 pub mod secret;
+pub mod server;
 pub mod store;
