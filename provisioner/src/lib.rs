@@ -11,6 +11,8 @@
 #![warn(clippy::print_stdout)]
 
 pub mod api;
+pub mod cli;
+pub mod client;
 pub mod config;
 pub mod control;
 pub mod http;
