@@ -251,7 +251,10 @@ impl<S: Store> Control<S> {
                     self.publish(*event);
                     return Ok((*host, effects));
                 }
-                CasOutcome::Stale => continue,
+                CasOutcome::Stale => {
+                    tokio::task::yield_now().await;
+                    continue;
+                }
                 CasOutcome::Missing => {
                     return Err(ControlError::HostNotFound {
                         host: id.to_string(),
@@ -661,5 +664,120 @@ impl<S: Store> Control<S> {
         limit: u32,
     ) -> Result<Vec<Event>, ControlError> {
         self.db(move |s| s.events(after, host, limit)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::NewRule;
+    use crate::store::SqliteStore;
+
+    const MAC: MacAddr = MacAddr([0x52, 0x54, 0, 0x64, 0, 9]);
+
+    fn control(dir: &std::path::Path) -> Control<SqliteStore> {
+        let store = SqliteStore::open(&dir.join("inventory.db")).unwrap();
+        Control::new(store, ImageStore::new(dir.join("images")))
+    }
+
+    async fn with_image_and_rule(c: &Control<SqliteStore>, dir: &std::path::Path) {
+        let src = dir.join("build");
+        crate::images::tests::make_image_dir(&src, "golden", &[("disk.raw", b"x")]);
+        c.import_image(ImportImageRequest {
+            dir: src.to_str().unwrap().into(),
+            name: None,
+        })
+        .await
+        .unwrap();
+        c.add_rule(NewRule {
+            matches: Default::default(),
+            image: "golden".parse().unwrap(),
+            hostname: "node-{serial}".into(),
+            disk: DiskSelector::First,
+        })
+        .await
+        .unwrap();
+    }
+
+    /// A crash between persisting `inspected` and evaluating the rules is repaired at startup.
+    #[tokio::test]
+    async fn recover_evaluates_rules_left_pending_by_a_crash() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = control(tmp.path());
+        with_image_and_rule(&c, tmp.path()).await;
+        let BootDirective::Ramdisk { host, .. } = c.pxe_boot(MAC).await.unwrap() else {
+            panic!("a new host boots the ramdisk");
+        };
+        // What the driver had persisted when the process died: inventory and `inspected`.
+        let inv = rules::tests::inventory();
+        let store = SqliteStore::open(&tmp.path().join("inventory.db")).unwrap();
+        store.put_inventory(host, &inv, Timestamp(1)).unwrap();
+        let generation = store.host(host).unwrap().unwrap().generation;
+        store
+            .compare_and_swap(
+                host,
+                generation,
+                &HostState::Inspected,
+                "inventory_posted",
+                Timestamp(2),
+            )
+            .unwrap();
+        drop(c);
+
+        let c = control(tmp.path());
+        c.recover().await.unwrap();
+        let h = c.resolve(&MAC.to_string()).await.unwrap();
+        assert!(
+            matches!(&h.state, HostState::Deploying { plan, phase: DeployPhase::Pending, .. } if plan.hostname == "node-sn-0042"),
+            "{:?}",
+            h.state
+        );
+    }
+
+    /// Concurrent reports for one host are serialised by the compare-and-swap: every accepted
+    /// event bumps the generation exactly once and is logged exactly once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_transitions_are_serialised() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = control(tmp.path());
+        with_image_and_rule(&c, tmp.path()).await;
+        c.pxe_boot(MAC).await.unwrap();
+        let h = c.resolve(&MAC.to_string()).await.unwrap();
+        c.post_inventory(h.id, rules::tests::inventory())
+            .await
+            .unwrap();
+        let before = c.resolve(&MAC.to_string()).await.unwrap().generation;
+        let tasks: Vec<_> = (0..20u64)
+            .map(|i| {
+                let c = c.clone();
+                tokio::spawn(async move {
+                    let report = ProgressReport {
+                        phase: DeployPhase::Writing,
+                        progress: crate::api::Progress { done: i, total: 20 },
+                    };
+                    c.report_progress(h.id, report).await
+                })
+            })
+            .collect();
+        let mut accepted = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(_) => accepted += 1,
+                // Losing the race too many times in a row is reported, never half-applied.
+                Err(ControlError::Contended { .. }) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(accepted > 0);
+        let after = c.resolve(&MAC.to_string()).await.unwrap().generation;
+        assert_eq!(after, before + accepted);
+        let progress_events = c
+            .events(None, Some(h.id), 1000)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.event == "progress")
+            .count();
+        assert_eq!(progress_events as u64, accepted);
     }
 }

@@ -22,6 +22,10 @@ struct Daemon {
     addr: String,
     /// The admin token, if this start created it.
     new_token: Option<String>,
+    /// Output lines (`true` for stdout) not yet read.
+    rx: mpsc::Receiver<(bool, String)>,
+    /// Every stderr (log) line read so far.
+    log: Vec<String>,
 }
 
 impl Daemon {
@@ -73,6 +77,8 @@ impl Daemon {
                     child,
                     addr,
                     new_token,
+                    rx,
+                    log,
                 });
             }
         }
@@ -80,6 +86,16 @@ impl Daemon {
 
     fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Every log line so far.
+    fn drain_log(&mut self) -> Vec<String> {
+        while let Ok((is_stdout, line)) = self.rx.try_recv() {
+            if !is_stdout {
+                self.log.push(line);
+            }
+        }
+        self.log.clone()
     }
 
     fn kill9(&mut self) {
@@ -320,13 +336,14 @@ async fn cli_drives_a_running_daemon_and_state_survives_kill_9() {
     imager.report_progress(&report).await.unwrap();
     let before = ok_json(&url, &token_file, &["hosts", "show", "node-sn-7"]);
     daemon.kill9();
-    let daemon = Daemon::start(&state).unwrap();
+    let first_log = daemon.drain_log();
+    let mut daemon = Daemon::start(&state).unwrap();
     assert_eq!(daemon.new_token, None, "the token is printed only once");
     let url = daemon.url();
     let after = ok_json(&url, &token_file, &["hosts", "show", "node-sn-7"]);
     assert_eq!(before, after);
     // The imager carries on where it was.
-    let imager = Client::new(&url, Some(secret));
+    let imager = Client::new(&url, Some(secret.clone()));
     imager
         .report_result(&ImagingResult::Verified)
         .await
@@ -337,6 +354,55 @@ async fn cli_drives_a_running_daemon_and_state_survives_kill_9() {
         ok_json(&url, &token_file, &["hosts", "list"]),
         serde_json::json!([])
     );
+
+    // SIGTERM: the daemon ends open event streams and exits 0; so does the follower.
+    let mut follow = Command::new(BIN)
+        .arg("--url")
+        .arg(&url)
+        .arg("--token-file")
+        .arg(&token_file)
+        .args(["events", "--follow"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let follow_out = follow.stdout.take().unwrap();
+    let (ftx, frx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(follow_out).lines().map_while(Result::ok) {
+            let _ = ftx.send(line);
+        }
+    });
+    // The backlog arrives first, so the stream is open before the signal.
+    frx.recv_timeout(Duration::from_secs(10))
+        .expect("backlog line");
+    common::run_cmd(Command::new("kill").args(["-TERM", &daemon.child.id().to_string()])).unwrap();
+    let status = common::wait_for(Duration::from_secs(15), || {
+        let s = daemon.child.try_wait().unwrap();
+        async move { s }
+    })
+    .await
+    .expect("daemon exits after SIGTERM");
+    assert!(status.success(), "{status}");
+    let fstatus = common::wait_for(Duration::from_secs(10), || {
+        let s = follow.try_wait().unwrap();
+        async move { s }
+    })
+    .await
+    .expect("follower ends with the server");
+    assert!(fstatus.success(), "{fstatus}");
+
+    // Secrets never reach the logs.
+    let mut log = first_log;
+    log.extend(daemon.drain_log());
+    assert!(
+        log.iter().any(|l| l.contains("host transition")),
+        "{log:#?}"
+    );
+    for l in &log {
+        assert!(!l.contains(&printed), "admin token in log: {l}");
+        assert!(!l.contains(secret.expose()), "imager secret in log: {l}");
+    }
 }
 
 #[test]
