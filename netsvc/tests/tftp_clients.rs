@@ -306,3 +306,85 @@ async fn garbage_does_not_stop_the_server() -> Result<()> {
     curl(addr, "small.bin", 1468, &dest).await?;
     same(&dest, &f.root.join("small.bin"))
 }
+
+/// A hand-driven client for what stock clients do not exercise: lost ACKs and partial windows.
+struct RawClient {
+    sock: tokio::net::UdpSocket,
+    server: SocketAddr,
+    tid: Option<SocketAddr>,
+}
+
+impl RawClient {
+    async fn new(server: SocketAddr) -> Result<Self> {
+        Ok(RawClient {
+            sock: tokio::net::UdpSocket::bind("127.0.0.1:0").await?,
+            server,
+            tid: None,
+        })
+    }
+
+    async fn send(&self, pkt: &[u8]) -> Result<()> {
+        self.sock
+            .send_to(pkt, self.tid.unwrap_or(self.server))
+            .await?;
+        Ok(())
+    }
+
+    async fn ack(&self, block: u16) -> Result<()> {
+        let mut p = vec![0, 4];
+        p.extend_from_slice(&block.to_be_bytes());
+        self.send(&p).await
+    }
+
+    /// Next packet as (opcode, block or code, payload length).
+    async fn recv(&mut self) -> Result<(u16, u16, usize)> {
+        let mut buf = vec![0u8; 2000];
+        let (n, from) =
+            tokio::time::timeout(Duration::from_secs(5), self.sock.recv_from(&mut buf)).await??;
+        self.tid.get_or_insert(from);
+        ensure!(n >= 4, "short packet");
+        Ok((
+            u16::from_be_bytes([buf[0], buf[1]]),
+            u16::from_be_bytes([buf[2], buf[3]]),
+            n - 4,
+        ))
+    }
+}
+
+#[tokio::test]
+async fn lost_acks_and_partial_windows_are_retransmitted() -> Result<()> {
+    let f = fixture(16).await?;
+    let addr = f.server.local_addr();
+
+    // Lock-step: no ACK for block 1, so it comes again after the timeout.
+    let mut c = RawClient::new(addr).await?;
+    c.send(b"\x00\x01small.bin\x00octet\x00").await?;
+    ensure!(c.recv().await? == (3, 1, 512));
+    ensure!(c.recv().await? == (3, 1, 512), "block 1 not retransmitted");
+    c.ack(1).await?;
+    ensure!(c.recv().await? == (3, 2, 512));
+    // A duplicate ACK of block 1 must not trigger a second block 2 (Sorcerer's Apprentice).
+    c.ack(1).await?;
+    c.ack(2).await?;
+    ensure!(c.recv().await? == (3, 3, 512), "duplicate ACK answered");
+    c.send(b"\x00\x05\x00\x00done\x00").await?;
+
+    // Window of 4: acknowledging block 2 of 1..=4 gets 3 and 4 again, then 5 and 6.
+    let mut c = RawClient::new(addr).await?;
+    c.send(b"\x00\x01small.bin\x00octet\x00windowsize\x004\x00")
+        .await?;
+    ensure!(c.recv().await?.0 == 6, "no OACK");
+    c.ack(0).await?;
+    for b in 1..=4 {
+        ensure!(c.recv().await? == (3, b, 512), "block {b}");
+    }
+    c.ack(2).await?;
+    for b in [3, 4, 5, 6] {
+        ensure!(
+            c.recv().await? == (3, b, 512),
+            "block {b} after partial ACK"
+        );
+    }
+    c.send(b"\x00\x05\x00\x00done\x00").await?;
+    Ok(())
+}

@@ -133,8 +133,11 @@ pub(crate) struct Stats {
     pub(crate) retransmits: u64,
 }
 
-/// Waits for the next ACK (or ERROR) on `sock`; `None` on timeout. Other packets are ignored.
-/// The socket's read timeout must already be `timeout`.
+/// Longest a blocking `recv` waits before the transfer looks at its deadline and at shutdown.
+const SLICE: Duration = Duration::from_millis(200);
+
+/// Waits up to `timeout` for the next ACK (or ERROR) on `sock`; `None` on timeout. Other
+/// packets are ignored. The socket's read timeout must be at most [`SLICE`].
 fn recv_ack(
     sock: &UdpSocket,
     buf: &mut [u8],
@@ -142,46 +145,32 @@ fn recv_ack(
     cancel: &CancellationToken,
 ) -> Result<Option<u16>, TransferError> {
     let deadline = Instant::now() + timeout;
-    let mut shortened = false;
-    let result = loop {
+    loop {
         if cancel.is_cancelled() {
-            break Err(TransferError::Cancelled);
+            return Err(TransferError::Cancelled);
         }
-        let n = match sock.recv(buf) {
-            Ok(n) => n,
+        match sock.recv(buf) {
+            Ok(n) => match codec::decode(&buf[..n]) {
+                Ok(Packet::Ack { block }) => return Ok(Some(block)),
+                Ok(Packet::Error { code, message }) => {
+                    return Err(TransferError::Client { code, message });
+                }
+                Ok(_) | Err(_) => tracing::trace!(len = n, "ignored packet during transfer"),
+            },
             Err(e)
                 if matches!(
                     e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                break Ok(None);
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) => {}
             // An ICMP port unreachable from an earlier send: the client went away.
-            Err(e) => break Err(TransferError::Socket(e)),
-        };
-        match codec::decode(&buf[..n]) {
-            Ok(Packet::Ack { block }) => break Ok(Some(block)),
-            Ok(Packet::Error { code, message }) => {
-                break Err(TransferError::Client { code, message });
-            }
-            Ok(_) | Err(_) => tracing::trace!(len = n, "ignored packet during transfer"),
+            Err(e) => return Err(TransferError::Socket(e)),
         }
-        // Something else arrived: wait only for what is left of the timeout.
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break Ok(None);
+        if Instant::now() >= deadline {
+            return Ok(None);
         }
-        sock.set_read_timeout(Some(left))
-            .map_err(TransferError::Socket)?;
-        shortened = true;
-    };
-    if shortened {
-        sock.set_read_timeout(Some(timeout))
-            .map_err(TransferError::Socket)?;
     }
-    result
 }
 
 /// Sends `content` to the peer `sock` is connected to.
@@ -194,7 +183,7 @@ pub(crate) fn send(
     retries: u32,
     cancel: &CancellationToken,
 ) -> Result<Stats, TransferError> {
-    sock.set_read_timeout(Some(timeout))
+    sock.set_read_timeout(Some(timeout.min(SLICE)))
         .map_err(TransferError::Socket)?;
     let mut rbuf = vec![0u8; 1024];
     let mut stats = Stats {
