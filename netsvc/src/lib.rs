@@ -7,6 +7,7 @@
 //! returning a handle with `local_addr()` and `shutdown()`, and dropping the handle stops it.
 #![warn(clippy::print_stdout)]
 
+pub mod dns;
 mod types;
 
 pub use types::{MacAddr, ParseMacError};
