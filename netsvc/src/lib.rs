@@ -14,6 +14,7 @@
 
 pub mod config;
 pub mod dhcp;
+pub mod dns;
 pub mod http;
 pub mod tftp;
 mod types;
