@@ -97,6 +97,11 @@ pub struct Settings {
     /// HTTP boot server settings; `None` when off. It runs when `[http]` is present or DHCP is
     /// enabled (iPXE fetches its script and kernels over HTTP).
     pub http: Option<crate::http::Config>,
+    /// DNS server settings; `None` when `[dns]` is absent.
+    pub dns: Option<crate::dns::Config>,
+    /// Interface whose IPv4 address the DNS server binds (keeping the configured port), when
+    /// `dns.listen` is not set and DHCP serves that interface.
+    pub dns_iface: Option<String>,
     /// Interface whose IPv4 address the TFTP server binds (keeping the configured port), when
     /// `tftp.listen` is not set and DHCP serves that interface.
     pub tftp_iface: Option<String>,
@@ -116,6 +121,7 @@ mod wire {
         pub(super) dhcp: Option<Dhcp>,
         pub(super) tftp: Option<crate::tftp::TftpSection>,
         pub(super) http: Option<crate::http::HttpSection>,
+        pub(super) dns: Option<crate::dns::DnsSection>,
     }
 
     #[derive(Debug, Default, Deserialize)]
@@ -624,6 +630,19 @@ impl TryFrom<(Merged, &Args)> for Settings {
                 )
             }
         };
+        let dns = match w.dns {
+            None => None,
+            Some(mut section) => {
+                // The reverse zones follow the DHCP subnets unless configured.
+                if section.subnets.is_empty() && enabled {
+                    section.subnets = cfg.subnets.iter().map(|s| s.net).collect();
+                }
+                Some(
+                    crate::dns::Config::try_from(section)
+                        .map_err(|e| invalid("dns", common::ErrorChain(&e).to_string()))?,
+                )
+            }
+        };
         // DHCP points iPXE at our HTTP server unless told otherwise.
         if let Some(h) = &http
             && d.http_port.is_none()
@@ -635,6 +654,8 @@ impl TryFrom<(Merged, &Args)> for Settings {
             boot_dir,
             dhcp: enabled.then_some(cfg),
             tftp_iface: tftp.as_ref().and_then(|_| bind_iface("tftp")),
+            dns_iface: dns.as_ref().and_then(|_| bind_iface("dns")),
+            dns,
             http_iface: http.as_ref().and_then(|_| bind_iface("http")),
             tftp,
             http,
@@ -678,6 +699,12 @@ mod tests {
         assert_eq!(d.subnets.len(), 1);
         assert_eq!(d.reservations.len(), 1);
         assert_eq!(d.subnets[0].pools.len(), 1);
+        assert_eq!(s.tftp.expect("tftp section").max_windowsize, 64);
+        assert!(s.http.expect("http section").default_boot.kernel.is_some());
+        assert_eq!(
+            s.dns.expect("dns section").domain.to_string(),
+            "rack.example."
+        );
     }
 
     #[test]

@@ -60,6 +60,13 @@ pub enum RunError {
         /// Which server.
         proto: &'static str,
     },
+    /// The DNS server did not start.
+    #[error("failed to start the DNS server")]
+    Dns {
+        /// Why.
+        #[source]
+        err: dns::DnsError,
+    },
     /// The TFTP server did not start.
     #[error("failed to start the TFTP server")]
     Tftp {
@@ -117,8 +124,51 @@ pub async fn run(settings: config::Settings, shutdown: CancellationToken) -> Res
         }
         None => None,
     };
+    // DNS before DHCP, so every lease DHCP binds is published.
+    let mut dns_handle = None;
+    if let Some(mut cfg) = settings.dns.clone() {
+        bind(&settings.dns_iface, &mut cfg.listen, "dns")?;
+        if let std::net::IpAddr::V4(ip) = cfg.listen.ip()
+            && cfg.appliance.is_none()
+            && !ip.is_unspecified()
+        {
+            cfg.appliance = Some(ip);
+        }
+        let deps = dns::DnsDeps {
+            shutdown: shutdown.child_token(),
+        };
+        dns_handle = Some(
+            dns::Server::start(cfg, deps)
+                .await
+                .map_err(|err| RunError::Dns { err })?,
+        );
+    }
     let mut dhcp_handle = None;
-    if let Some(cfg) = settings.dhcp.clone() {
+    if let Some(mut cfg) = settings.dhcp.clone() {
+        let mut hooks: Arc<dyn dhcp::DhcpHooks> = Arc::new(dhcp::NoHooks);
+        if let Some(dns) = &dns_handle {
+            // Clients learn our DNS server and the rack domain unless the subnet names others.
+            let dns_cfg = settings
+                .dns
+                .as_ref()
+                .expect("invariant: a DNS handle has settings");
+            let server_ip = match dns.local_addr().ip() {
+                std::net::IpAddr::V4(ip) if !ip.is_unspecified() && !ip.is_loopback() => Some(ip),
+                _ => None,
+            };
+            for subnet in &mut cfg.subnets {
+                if subnet.dns_servers.is_empty()
+                    && let Some(ip) = server_ip
+                {
+                    subnet.dns_servers.push(ip);
+                }
+                if subnet.domain.is_none() {
+                    subnet.domain =
+                        Some(dns_cfg.domain.to_string().trim_end_matches('.').to_owned());
+                }
+            }
+            hooks = Arc::new(LeasesToDns(dns.records()));
+        }
         std::fs::create_dir_all(&settings.state_dir).map_err(|err| RunError::StateDir {
             path: settings.state_dir.clone(),
             err,
@@ -127,16 +177,23 @@ pub async fn run(settings: config::Settings, shutdown: CancellationToken) -> Res
             .map_err(|err| RunError::LeaseStore { err })?;
         let deps = dhcp::Deps {
             store,
-            hooks: Arc::new(dhcp::NoHooks),
+            hooks: hooks.clone(),
         };
-        dhcp_handle = Some(
-            dhcp::Server::start(cfg, deps)
-                .await
-                .map_err(|err| RunError::Dhcp { err })?,
-        );
+        let handle = dhcp::Server::start(cfg, deps)
+            .await
+            .map_err(|err| RunError::Dhcp { err })?;
+        // Publish the leases that survived the restart.
+        let now = unix_now();
+        for lease in handle.leases().iter().filter(|l| l.is_live(now)) {
+            hooks.lease_bound(lease);
+        }
+        dhcp_handle = Some(handle);
     }
     shutdown.cancelled().await;
     if let Some(h) = dhcp_handle {
+        h.shutdown().await;
+    }
+    if let Some(h) = dns_handle {
         h.shutdown().await;
     }
     if let Some(h) = http_handle {
@@ -148,12 +205,33 @@ pub async fn run(settings: config::Settings, shutdown: CancellationToken) -> Res
     Ok(())
 }
 
-/// Number of live DHCP leases stored under the settings' state directory.
-pub fn count_leases(settings: &config::Settings) -> Result<u64, RunError> {
-    let now = std::time::SystemTime::now()
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
-        .unwrap_or(0);
+        .unwrap_or(0)
+}
+
+/// Publishes every bound lease with a hostname as A and PTR records of the rack zone.
+#[derive(Debug)]
+struct LeasesToDns(dns::RecordsHandle);
+
+impl dhcp::DhcpHooks for LeasesToDns {
+    fn lease_bound(&self, lease: &dhcp::Lease) {
+        if let Some(name) = &lease.hostname {
+            let outcome = self.0.upsert_host(name, lease.ip, &lease.mac.to_string());
+            tracing::debug!(mac = %lease.mac, ip = %lease.ip, ?outcome, "lease published in DNS");
+        }
+    }
+
+    fn lease_ended(&self, lease: &dhcp::Lease) {
+        self.0.remove_owner(&lease.mac.to_string());
+    }
+}
+
+/// Number of live DHCP leases stored under the settings' state directory.
+pub fn count_leases(settings: &config::Settings) -> Result<u64, RunError> {
+    let now = unix_now();
     dhcp::SqliteLeaseStore::open(&lease_db(settings))
         .and_then(|s| s.count_live(now))
         .map_err(|err| RunError::LeaseStore { err })
