@@ -44,6 +44,12 @@ pub struct Args {
     /// Address (`IP` or `IP:PORT`) the DHCP server binds; overrides `dhcp.listen`.
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
+    /// Address (`IP:PORT`) of the TFTP server; overrides `tftp.listen`.
+    #[arg(long, value_name = "ADDR")]
+    pub tftp_listen: Option<std::net::SocketAddr>,
+    /// Address (`IP:PORT`) of the HTTP boot server; overrides `http.listen`.
+    #[arg(long, value_name = "ADDR")]
+    pub http_listen: Option<std::net::SocketAddr>,
     /// Print the number of live leases in the state directory and exit.
     #[arg(long)]
     pub count_leases: bool,
@@ -611,6 +617,9 @@ impl TryFrom<(Merged, &Args)> for Settings {
                 if !origins.0.contains_key("tftp.boot_dir") {
                     section.boot_dir = boot_dir.clone();
                 }
+                if let Some(l) = args.tftp_listen {
+                    section.listen = l;
+                }
                 Some(
                     crate::tftp::Config::try_from(section)
                         .map_err(|e| invalid(&format!("tftp.{}", e.key), e.reason.clone()))?,
@@ -623,6 +632,9 @@ impl TryFrom<(Merged, &Args)> for Settings {
                 let mut section = section.unwrap_or_default();
                 if !origins.0.contains_key("http.boot_dir") {
                     section.boot_dir = boot_dir.clone();
+                }
+                if let Some(l) = args.http_listen {
+                    section.listen = l;
                 }
                 Some(
                     crate::http::Config::try_from(section)
@@ -653,10 +665,16 @@ impl TryFrom<(Merged, &Args)> for Settings {
             state_dir,
             boot_dir,
             dhcp: enabled.then_some(cfg),
-            tftp_iface: tftp.as_ref().and_then(|_| bind_iface("tftp")),
+            tftp_iface: tftp
+                .as_ref()
+                .filter(|_| args.tftp_listen.is_none())
+                .and_then(|_| bind_iface("tftp")),
             dns_iface: dns.as_ref().and_then(|_| bind_iface("dns")),
             dns,
-            http_iface: http.as_ref().and_then(|_| bind_iface("http")),
+            http_iface: http
+                .as_ref()
+                .filter(|_| args.http_listen.is_none())
+                .and_then(|_| bind_iface("http")),
             tftp,
             http,
         })

@@ -38,6 +38,15 @@ pub enum RunError {
         #[source]
         err: std::io::Error,
     },
+    /// The boot directory could not be created.
+    #[error("failed to create boot directory `{path}`")]
+    BootDir {
+        /// The directory.
+        path: Utf8PathBuf,
+        /// Why.
+        #[source]
+        err: std::io::Error,
+    },
     /// The lease database could not be opened.
     #[error("failed to open the DHCP lease store")]
     LeaseStore {
@@ -100,6 +109,18 @@ pub async fn run(settings: config::Settings, shutdown: CancellationToken) -> Res
         }
         Ok::<_, RunError>(())
     };
+    // The boot directory exists even before anything is put there, as tftpd-hpa's /srv/tftp.
+    let boot_dirs = settings
+        .tftp
+        .iter()
+        .map(|c| &c.boot_dir)
+        .chain(settings.http.iter().map(|c| &c.boot_dir));
+    for dir in boot_dirs {
+        std::fs::create_dir_all(dir).map_err(|err| RunError::BootDir {
+            path: dir.clone(),
+            err,
+        })?;
+    }
     let tftp_handle = match settings.tftp.clone() {
         Some(mut cfg) => Some({
             bind(&settings.tftp_iface, &mut cfg.listen, "tftp")?;

@@ -61,6 +61,12 @@ async fn serves_relayed_discover_on_loopback_and_drains_on_sigterm() -> anyhow::
             "127.61.250.10-127.61.250.20",
             "--state-dir",
             state.path().to_str().context("utf8")?,
+            "--boot-dir",
+            state.path().to_str().context("utf8")?,
+            "--tftp-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
         ],
     )
     .await?;
