@@ -176,6 +176,29 @@ fn trim_nul(bytes: &[u8]) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
+/// Rejects lengths on which dhcproto 0.15 would trip a debug assertion or underflow.
+/// Only called for options with a non-zero total length.
+fn check_len(code: u8, len: usize) -> Result<(), CodecError> {
+    let ok = match code {
+        // Rapid commit carries no value.
+        80 => false,
+        81 => len >= 3,
+        94 => len == 3,
+        151 => len >= 1,
+        50 | 51 | 54 | 58 | 59 | 152..=155 => len == 4,
+        53 => len == 1,
+        _ => true,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(CodecError::OptionLength {
+            code,
+            len: u8::try_from(len).unwrap_or(u8::MAX),
+        })
+    }
+}
+
 /// Decodes a client request. Anything but a well-formed Ethernet BOOTREQUEST with a message
 /// type is an error; the server drops it with a debug log.
 pub fn decode(bytes: &[u8]) -> Result<Request, CodecError> {
@@ -186,28 +209,17 @@ pub fn decode(bytes: &[u8]) -> Result<Request, CodecError> {
         return Err(CodecError::NoMagic);
     }
     let mut raw = RawOpts::default();
-    let mut bad_len = None;
+    // Total length per code: dhcproto concatenates repeated options (RFC 3396) before decoding.
+    let mut lens = [0usize; 256];
     walk_options(&bytes[OPTIONS_START..], |code, val| {
-        // Lengths on which dhcproto 0.15 would hit a debug assertion or underflow.
-        let len = val.len();
-        let ok = match code {
-            81 => len >= 3,
-            151 => len >= 1,
-            152..=155 | 51 | 54 | 58 | 59 => len == 4,
-            53 => len == 1,
-            50 => len == 4,
-            _ => true,
-        };
-        if !ok && bad_len.is_none() {
-            bad_len = Some((
-                code,
-                u8::try_from(len).expect("invariant: option length is a u8"),
-            ));
-        }
+        lens[usize::from(code)] += val.len();
         raw.take(code, val);
     })?;
-    if let Some((code, len)) = bad_len {
-        return Err(CodecError::OptionLength { code, len });
+    for (code, &len) in lens.iter().enumerate() {
+        let code = u8::try_from(code).expect("invariant: 256 entries");
+        if len > 0 {
+            check_len(code, len)?;
+        }
     }
     let msg = v4::Message::from_bytes(bytes).map_err(|err| CodecError::Decode { err })?;
     if msg.opcode() != v4::Opcode::BootRequest {
@@ -399,6 +411,17 @@ mod tests {
         assert!(matches!(
             decode(&fqdn),
             Err(CodecError::OptionLength { code: 81, .. })
+        ));
+        // Found by the fuzzer: option 94 must be 3 bytes (dhcproto asserts it).
+        let nic = discover([1; 6], &[(94, &[1, 2, 3, 4])]);
+        assert!(matches!(
+            decode(&nic),
+            Err(CodecError::OptionLength { code: 94, .. })
+        ));
+        let rapid = discover([1; 6], &[(80, &[1])]);
+        assert!(matches!(
+            decode(&rapid),
+            Err(CodecError::OptionLength { code: 80, .. })
         ));
         let mut overrun = discover([1; 6], &[]);
         overrun.pop();
