@@ -23,7 +23,7 @@ packages=(
   systemd-boot-efi grub-pc-bin grub-efi-amd64-bin busybox-static cpio e2fsprogs xorriso
   squashfs-tools zstd linux-image-cloud-amd64
   isc-dhcp-client udhcpc dnsutils tftp-hpa atftp curl libnbd-bin nbdkit libnfs-utils
-  nfs-ganesha nfs-ganesha-vfs rpcbind kea-admin tcpdump iproute2 shellcheck
+  nfs-ganesha nfs-ganesha-vfs rpcbind kea-admin tcpdump iproute2 iputils-ping shellcheck
 )
 missing=()
 for p in "${packages[@]}"; do

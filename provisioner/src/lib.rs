@@ -1,3 +1,24 @@
-//! The control node: daemon, CLI, REST API, inventory, host lifecycle and imaging workflow, the
-//! imager that runs in the deploy ramdisk, and the host agent.
+//! The control node: daemon, CLI, REST API, inventory, host lifecycle and imaging workflow.
+//!
+//! - [`api`] holds the wire types, the only types serialized over HTTP.
+//! - [`lifecycle`] is the host state machine: [`lifecycle::step`] maps a
+//!   [`api::HostState`] and a [`lifecycle::HostEvent`] to the next state and
+//!   [`lifecycle::Effect`]s.
+//! - [`store`] persists hosts, inventories, images, rules, events and hashed secrets behind the
+//!   [`store::Store`] trait; [`store::SqliteStore`] is the embedded default.
+//! - [`rules`] picks a deployment plan for an inventory (first match wins).
+//! - [`secret`] generates and hashes the admin token and per-host one-time secrets.
 #![warn(clippy::print_stdout)]
+
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod control;
+pub mod http;
+pub mod images;
+pub mod lifecycle;
+pub mod rules;
+pub mod secret;
+pub mod server;
+pub mod store;

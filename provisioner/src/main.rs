@@ -1,6 +1,31 @@
-//! `provisioner`: the control-node daemon and its CLI.
+//! `provisioner`: the control-node daemon (`serve`) and its CLI. Exit codes: see `--help`.
 
-fn main() -> std::process::ExitCode {
+use std::process::ExitCode;
+
+use clap::Parser;
+use provisioner::cli::{self, Cli, Command};
+
+fn main() -> ExitCode {
+    let args = Cli::parse(); // Usage errors exit 2 here.
     common::init_tracing();
-    std::process::ExitCode::SUCCESS
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!(
+                "error: failed to start the async runtime: {}",
+                common::ErrorChain(&err)
+            );
+            return ExitCode::from(cli::EXIT_OTHER);
+        }
+    };
+    match args.command {
+        Command::Serve(serve) => match serve.settings() {
+            Ok(settings) => rt.block_on(cli::serve(settings)),
+            Err(err) => {
+                eprintln!("error: {}", common::ErrorChain(&err));
+                ExitCode::from(cli::EXIT_CONFIG)
+            }
+        },
+        command => rt.block_on(cli::run(args.global, command)),
+    }
 }

@@ -1,2 +1,49 @@
-//! Test harnesses shared by the end-to-end and interop tests: the virtual rack (network
-//! namespaces, a bridge and taps) and QEMU servers watched over their serial console.
+//! Test harnesses shared by the interop and end-to-end tests of every crate.
+//!
+//! - [`RackNet`]: a virtual rack segment — a network namespace for the appliance, a Linux bridge,
+//!   a veth pair into the namespace, and one tap per QEMU server — with unique names, removed in
+//!   `Drop`, and leftovers of crashed runs removed before a new one starts.
+//! - [`Qemu`]: a QEMU (TCG) machine, BIOS or UEFI, booted from the network, a disk or a kernel,
+//!   whose serial console is watched for marker lines with [`Qemu::wait_for_line`].
+//! - [`test_kernel`] and [`marker_initramfs`]: a Linux kernel from Debian's cloud kernel package
+//!   and a tiny busybox initramfs that prints a marker and powers off.
+//! - [`PxeRack`]: a rack segment served by `netsvc` alone, for network-boot runs.
+//! - [`Daemon`]: a daemon under test whose log lines are collected, killed in `Drop`.
+//! - [`workspace_bin`]: the path of a binary built from this workspace (nextest builds them all).
+//!
+//! Every harness owns what it creates and cleans it up in `Drop`.
+
+mod boot;
+mod daemon;
+mod netns;
+mod pxe;
+mod qemu;
+
+pub use boot::{marker_initramfs, test_kernel};
+pub use daemon::Daemon;
+pub use netns::{RackNet, require_root, unique_suffix};
+pub use pxe::PxeRack;
+pub use qemu::{Firmware, Qemu, QemuSpec};
+
+use std::path::PathBuf;
+
+/// The path of binary `name` built from this workspace, in the running executable's target
+/// directory (`target/<profile>/`, the parent of a test binary's `deps/`).
+///
+/// `cargo nextest run --workspace` builds every binary of the workspace before running tests.
+pub fn workspace_bin(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let mut dir = exe
+        .parent()
+        .ok_or_else(|| anyhow::anyhow!("executable {} has no directory", exe.display()))?;
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir.parent().unwrap_or(dir);
+    }
+    let bin = dir.join(name);
+    anyhow::ensure!(
+        bin.is_file(),
+        "binary {} not built: build the workspace (`cargo build --release --workspace`) first",
+        bin.display()
+    );
+    Ok(bin)
+}

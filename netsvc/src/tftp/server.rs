@@ -201,7 +201,7 @@ async fn recv_with_dst(
     use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrIn, recvmsg};
     sock.async_io(Interest::READABLE, || {
         let mut iov = [io::IoSliceMut::new(buf)];
-        let mut cmsg = nix::cmsg_space!(nix::libc::in_pktinfo);
+        let mut cmsg = nix::cmsg_space!(libc::in_pktinfo);
         let msg = recvmsg::<SockaddrIn>(
             sock.as_raw_fd(),
             &mut iov,

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Benchmark (not a test): cold build of debian-bookworm-server against plain mmdebstrap of the
+# same package set + mkfs.ext4 -d + qemu-img convert, side by side in one run, then a warm
+# rebuild after a one-file change. Run as root from the repository root; needs a release build
+# (cargo build --release -p image-builder). Prints the figures and the ratios.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+bin=${IMAGE_BUILDER:-${CARGO_TARGET_DIR:-target}/release/image-builder}
+work=$(mktemp -d /var/tmp/ib-bench.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+tpl=templates/images/debian-bookworm-server
+kernel=${KERNEL:-linux-image-amd64}
+
+now() { date +%s.%N; }
+since() { echo "$(now) - $1" | bc; }
+
+# The same package set the template installs, and the machine's own mirror lines.
+pkgs=$(sed -n '/^packages = \[/,/^\]/p' "$tpl/image.toml" | tr -d ' \n[]"' | sed 's/^packages=//')
+pkgs="$pkgs,$kernel"
+mirror=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
+mirror=${mirror:-$(awk '$1=="deb"{print $2; exit}' /etc/apt/sources.list)}
+
+echo "baseline: mmdebstrap --variant=minbase --include=$pkgs + mkfs.ext4 -d + qemu-img convert"
+t0=$(now)
+mmdebstrap --mode=root --quiet --variant=minbase --dpkgopt=force-unsafe-io \
+  --include="$pkgs" bookworm "$work/base" "deb $mirror bookworm main"
+truncate -s 3G "$work/base.raw"
+mkfs.ext4 -q -F -d "$work/base" "$work/base.raw"
+qemu-img convert -f raw -O qcow2 "$work/base.raw" "$work/base.qcow2"
+base=$(since "$t0")
+
+echo "image-builder cold build"
+t0=$(now)
+"$bin" build "$tpl" --out "$work/out" --cache-dir "$work/cache" --set "kernel=$kernel" --json >"$work/cold.jsonl"
+cold=$(since "$t0")
+
+echo "image-builder warm rebuild after changing one rendered file"
+cp -a "$tpl" "$work/tpl"
+echo "warm rebuild $(date +%s)" >>"$work/tpl/files/motd.hbs"
+t0=$(now)
+"$bin" build "$work/tpl" --out "$work/out2" --cache-dir "$work/cache" --set "kernel=$kernel" --json >"$work/warm.jsonl"
+warm=$(since "$t0")
+grep -q '"event":"stage_cached","stage":"bootstrap"' "$work/warm.jsonl"
+
+printf 'baseline %.1f s\ncold %.1f s (%.2fx baseline)\nwarm %.1f s (%.0f%% of cold)\n' \
+  "$base" "$cold" "$(echo "$cold / $base" | bc -l)" "$warm" "$(echo "100 * $warm / $cold" | bc -l)"
+echo "stage timings (cold, warm):"
+grep -h stage_finished "$work/cold.jsonl" "$work/warm.jsonl" | sed 's/"key":"[0-9a-f]*",//'

@@ -1,0 +1,250 @@
+//! Daemon configuration: TOML `wire` types (unknown keys refused) → merged with drop-ins and
+//! command-line overrides → validated [`Settings`]. With no file, built-in defaults apply.
+//!
+//! ```toml
+//! # Address of the REST API (operators, imagers, enrolling hosts). Default 0.0.0.0:8080.
+//! listen = "0.0.0.0:8080"
+//! # Inventory database, image store and admin token live here. Default /var/lib/provisioner.
+//! state_dir = "/var/lib/provisioner"
+//! # The admin API token (created at first start, mode 0600). Default <state_dir>/admin-token.
+//! token_file = "/var/lib/provisioner/admin-token"
+//! ```
+
+use std::net::SocketAddr;
+
+use camino::{Utf8Path, Utf8PathBuf};
+use serde::Deserialize;
+
+/// Default API listen address.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+/// Default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/provisioner";
+/// Name of the admin token file inside the state directory.
+pub const TOKEN_FILE_NAME: &str = "admin-token";
+
+/// Errors loading the configuration; each names the file (and the key, in the TOML message).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("failed to read config file `{path}`")]
+    Read {
+        /// The file.
+        path: Utf8PathBuf,
+        /// Cause.
+        #[source]
+        err: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (unknown key, wrong type...).
+    #[error("invalid config file `{path}`")]
+    Parse {
+        /// The file.
+        path: Utf8PathBuf,
+        /// Cause (names the key and line).
+        #[source]
+        err: toml::de::Error,
+    },
+    /// A value is out of range.
+    #[error("invalid value for `{key}` in {source_name}: {problem}")]
+    Invalid {
+        /// Where the value came from (a file or the command line).
+        source_name: String,
+        /// The key.
+        key: &'static str,
+        /// What is wrong.
+        problem: &'static str,
+    },
+}
+
+/// One configuration file or drop-in, as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireConfig {
+    /// See [`Settings::listen`].
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// See [`Settings::state_dir`].
+    #[serde(default)]
+    pub state_dir: Option<Utf8PathBuf>,
+    /// See [`Settings::token_file`].
+    #[serde(default)]
+    pub token_file: Option<Utf8PathBuf>,
+}
+
+impl WireConfig {
+    /// `other`'s keys win over `self`'s.
+    pub fn merge(self, other: WireConfig) -> WireConfig {
+        WireConfig {
+            listen: other.listen.or(self.listen),
+            state_dir: other.state_dir.or(self.state_dir),
+            token_file: other.token_file.or(self.token_file),
+        }
+    }
+
+    fn parse(path: &Utf8Path) -> Result<WireConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read {
+            path: path.to_owned(),
+            err,
+        })?;
+        toml::from_str(&text).map_err(|err| ConfigError::Parse {
+            path: path.to_owned(),
+            err,
+        })
+    }
+
+    /// Reads `path`, then every `*.toml` in `<path>.d/` in lexical order (later wins).
+    pub fn load(path: &Utf8Path) -> Result<WireConfig, ConfigError> {
+        let mut cfg = WireConfig::parse(path)?;
+        let dropin_dir = Utf8PathBuf::from(format!("{path}.d"));
+        let mut dropins = match std::fs::read_dir(&dropin_dir) {
+            Ok(entries) => entries
+                .filter_map(Result::ok)
+                .filter_map(|e| Utf8PathBuf::from_path_buf(e.path()).ok())
+                .filter(|p| p.extension() == Some("toml"))
+                .collect::<Vec<_>>(),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(err) => {
+                return Err(ConfigError::Read {
+                    path: dropin_dir,
+                    err,
+                });
+            }
+        };
+        dropins.sort();
+        for d in dropins {
+            cfg = cfg.merge(WireConfig::parse(&d)?);
+        }
+        Ok(cfg)
+    }
+}
+
+/// Validated daemon settings; the only configuration type that passes beyond `main`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Address of the REST API.
+    pub listen: SocketAddr,
+    /// Holds `inventory.db`, `images/` and (by default) the admin token.
+    pub state_dir: Utf8PathBuf,
+    /// The admin API token file (mode 0600).
+    pub token_file: Utf8PathBuf,
+}
+
+impl Settings {
+    /// The inventory database.
+    pub fn db_path(&self) -> Utf8PathBuf {
+        self.state_dir.join("inventory.db")
+    }
+
+    /// The image store.
+    pub fn image_dir(&self) -> Utf8PathBuf {
+        self.state_dir.join("images")
+    }
+
+    /// Loads `path` (and its drop-ins) if given, applies `overrides`, and validates.
+    pub fn load(path: Option<&Utf8Path>, overrides: WireConfig) -> Result<Settings, ConfigError> {
+        let (base, source_name) = match path {
+            Some(p) => (WireConfig::load(p)?, format!("`{p}`")),
+            None => (WireConfig::default(), "built-in defaults".to_owned()),
+        };
+        Settings::from_wire(base.merge(overrides), &source_name)
+    }
+
+    fn from_wire(w: WireConfig, source_name: &str) -> Result<Settings, ConfigError> {
+        let invalid = |key, problem| ConfigError::Invalid {
+            source_name: source_name.to_owned(),
+            key,
+            problem,
+        };
+        let listen = match w.listen {
+            Some(l) => l,
+            None => DEFAULT_LISTEN
+                .parse()
+                .expect("invariant: the default listen address parses"),
+        };
+        let state_dir = w
+            .state_dir
+            .unwrap_or_else(|| Utf8PathBuf::from(DEFAULT_STATE_DIR));
+        if !state_dir.is_absolute() {
+            return Err(invalid("state_dir", "must be an absolute path"));
+        }
+        let token_file = w
+            .token_file
+            .unwrap_or_else(|| state_dir.join(TOKEN_FILE_NAME));
+        if !token_file.is_absolute() {
+            return Err(invalid("token_file", "must be an absolute path"));
+        }
+        Ok(Settings {
+            listen,
+            state_dir,
+            token_file,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_without_a_file() {
+        let s = Settings::load(None, WireConfig::default()).unwrap();
+        assert_eq!(s.listen, DEFAULT_LISTEN.parse().unwrap());
+        assert_eq!(s.state_dir, DEFAULT_STATE_DIR);
+        assert_eq!(s.token_file, "/var/lib/provisioner/admin-token");
+        assert_eq!(s.db_path(), "/var/lib/provisioner/inventory.db");
+    }
+
+    #[test]
+    fn shipped_example_parses() {
+        let path = Utf8Path::new(env!("CARGO_MANIFEST_DIR")).join("provisioner.example.toml");
+        let s = Settings::load(Some(&path), WireConfig::default()).unwrap();
+        assert_eq!(s.state_dir, DEFAULT_STATE_DIR);
+    }
+
+    #[test]
+    fn dropins_and_overrides_win_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Utf8Path::from_path(dir.path()).unwrap();
+        let main = root.join("p.toml");
+        std::fs::write(&main, "listen = \"127.0.0.1:1\"\nstate_dir = \"/a\"\n").unwrap();
+        std::fs::create_dir(root.join("p.toml.d")).unwrap();
+        std::fs::write(root.join("p.toml.d/20-b.toml"), "state_dir = \"/c\"\n").unwrap();
+        std::fs::write(root.join("p.toml.d/10-a.toml"), "state_dir = \"/b\"\n").unwrap();
+        std::fs::write(root.join("p.toml.d/ignored.txt"), "junk").unwrap();
+        let s = Settings::load(Some(&main), WireConfig::default()).unwrap();
+        assert_eq!(s.listen, "127.0.0.1:1".parse().unwrap());
+        assert_eq!(s.state_dir, "/c");
+        assert_eq!(s.token_file, "/c/admin-token");
+        let o = WireConfig {
+            listen: Some("127.0.0.1:2".parse().unwrap()),
+            ..WireConfig::default()
+        };
+        assert_eq!(
+            Settings::load(Some(&main), o).unwrap().listen,
+            "127.0.0.1:2".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Utf8Path::from_path(dir.path()).unwrap();
+        let f = root.join("bad.toml");
+        std::fs::write(&f, "listen = \"127.0.0.1:1\"\nstate_dri = \"/x\"\n").unwrap();
+        let err = Settings::load(Some(&f), WireConfig::default()).unwrap_err();
+        let msg = common::ErrorChain(&err).to_string();
+        assert!(
+            msg.contains("bad.toml") && msg.contains("state_dri"),
+            "{msg}"
+        );
+        std::fs::write(&f, "state_dir = \"relative\"\n").unwrap();
+        let msg = Settings::load(Some(&f), WireConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("bad.toml") && msg.contains("state_dir"),
+            "{msg}"
+        );
+        let err = Settings::load(Some(&root.join("missing.toml")), WireConfig::default());
+        assert!(matches!(err, Err(ConfigError::Read { .. })));
+    }
+}
