@@ -39,6 +39,10 @@ impl HostFiles for Generated {
 }
 
 async fn fixture(max_transfers: usize) -> Result<Fixture> {
+    fixture_on("127.0.0.1:0", max_transfers).await
+}
+
+async fn fixture_on(listen: &str, max_transfers: usize) -> Result<Fixture> {
     let tmp = tempfile::tempdir()?;
     let base = Utf8Path::from_path(tmp.path())
         .context("temp dir is not UTF-8")?
@@ -54,7 +58,7 @@ async fn fixture(max_transfers: usize) -> Result<Fixture> {
     std::fs::write(root.join("small.bin"), pseudo_random(1 << 20, 2))?;
     std::fs::write(root.join("rollover.bin"), pseudo_random(530_000, 3))?;
     let cfg = Config {
-        listen: "127.0.0.1:0".parse()?,
+        listen: listen.parse()?,
         boot_dir: root.clone(),
         ipxe_dir: Some(netsvc::tftp::DEFAULT_IPXE_DIR.into()),
         max_transfers: NonZeroUsize::new(max_transfers).context("zero")?,
@@ -386,5 +390,19 @@ async fn lost_acks_and_partial_windows_are_retransmitted() -> Result<()> {
         );
     }
     c.send(b"\x00\x05\x00\x00done\x00").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn wildcard_listener_answers_from_the_address_asked() -> Result<()> {
+    let f = fixture_on("0.0.0.0:0", 16).await?;
+    // 127.0.0.2 is local too, but not the address a reply to 127.0.0.1 would pick by route.
+    let server = SocketAddr::from(([127, 0, 0, 2], f.server.local_addr().port()));
+    let mut c = RawClient::new(server).await?;
+    c.send(b"\x00\x01hello.txt\x00octet\x00").await?;
+    ensure!(c.recv().await?.0 == 3, "no DATA");
+    let from = c.tid.context("no reply")?;
+    ensure!(from.ip() == server.ip(), "reply came from {from}");
+    c.ack(1).await?;
     Ok(())
 }

@@ -22,4 +22,4 @@ pub use files::{RangeReply, parse_range};
 pub use scripts::{
     BootScripts, DEFAULT_TEMPLATE, DefaultScripts, ScriptChoice, TEMPLATE_SUFFIX, TemplateError,
 };
-pub use server::{HttpDeps, HttpStartError, Server, ServerHandle};
+pub use server::{DRAIN_TIMEOUT, HttpDeps, HttpStartError, Server, ServerHandle};

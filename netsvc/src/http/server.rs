@@ -12,6 +12,7 @@ use camino::Utf8PathBuf;
 use common::ErrorChain;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use tracing::{debug, error, info};
 
@@ -169,6 +170,9 @@ async fn boot_file(
     serve_file(&real, &method, &headers).await
 }
 
+/// How long [`ServerHandle::shutdown`] lets requests in flight finish.
+pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The HTTP boot server.
 #[derive(Debug)]
 pub struct Server;
@@ -187,11 +191,20 @@ impl ServerHandle {
         self.local_addr
     }
 
-    /// Stops accepting connections, lets requests in flight finish and waits for the server.
+    /// Stops accepting connections and lets requests in flight finish for up to
+    /// [`DRAIN_TIMEOUT`], then drops what is left (a long download, say).
     pub async fn shutdown(mut self) {
         self.token.cancel();
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
+        if let Some(mut task) = self.task.take()
+            && tokio::time::timeout(DRAIN_TIMEOUT, &mut task)
+                .await
+                .is_err()
+        {
+            info!(
+                proto = "http",
+                "requests still running after the drain timeout, aborted"
+            );
+            task.abort();
         }
     }
 }
@@ -232,7 +245,21 @@ pub(crate) fn router(cfg: &Config, deps: HttpDeps) -> Result<Router, HttpStartEr
         Some(extra) => boot.merge(extra),
         None => boot,
     };
-    Ok(app.layer(TraceLayer::new_for_http()))
+    // Every request gets an `x-request-id` (kept if the client sent one), echoed in the response
+    // and recorded in the request's span, so a 5xx logged with its error chain can be found.
+    let x_request_id = header::HeaderName::from_static("x-request-id");
+    let trace = TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+        let id = req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        tracing::debug_span!("http_request", method = %req.method(), uri = %req.uri(), request_id = %id)
+    });
+    Ok(app
+        .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
+        .layer(trace)
+        .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid)))
 }
 
 impl Server {
@@ -305,8 +332,9 @@ mod tests {
         };
         let app = router(&cfg, deps).expect("router");
 
-        let (s, _, body) = get(&app, "/boot/52:54:00:00:00:01.ipxe", None).await;
+        let (s, h, body) = get(&app, "/boot/52:54:00:00:00:01.ipxe", None).await;
         assert_eq!(s, StatusCode::OK);
+        assert!(h.contains_key("x-request-id"), "no request id: {h:?}");
         assert!(String::from_utf8_lossy(&body).contains("sanboot --no-describe --drive 0x80"));
         let (s, _, _) = get(&app, "/boot/5254.ipxe", None).await;
         assert_eq!(s, StatusCode::BAD_REQUEST);

@@ -1,12 +1,15 @@
 //! The TFTP server: one request socket, one task and ephemeral socket per transfer, bounded by a
 //! semaphore.
 
-use std::net::SocketAddr;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Instant;
 
 use camino::Utf8PathBuf;
 use common::ErrorChain;
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -45,7 +48,7 @@ pub enum TftpError {
         addr: SocketAddr,
         /// The cause.
         #[source]
-        err: std::io::Error,
+        err: io::Error,
     },
     /// The boot directory is missing or unreadable.
     #[error("boot directory `{path}` is not usable")]
@@ -54,7 +57,7 @@ pub enum TftpError {
         path: Utf8PathBuf,
         /// The cause.
         #[source]
-        err: std::io::Error,
+        err: io::Error,
     },
     /// The iPXE binaries are not installed.
     #[error("cannot serve the iPXE binaries")]
@@ -127,6 +130,16 @@ impl Server {
             addr: cfg.listen,
             err,
         })?;
+        // On a wildcard IPv4 address, learn which local address each request was sent to, so
+        // its transfer answers from that address.
+        let pktinfo = cfg.listen.ip() == IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        if pktinfo {
+            nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::Ipv4PacketInfo, &true)
+                .map_err(|err| TftpError::Bind {
+                addr: cfg.listen,
+                err: err.into(),
+            })?;
+        }
         let shared = Arc::new(Shared {
             root: Root::new(dir, ipxe, deps.host_files),
             limits: Limits {
@@ -136,7 +149,7 @@ impl Server {
             cfg,
         });
         let token = CancellationToken::new();
-        let task = tokio::spawn(serve(sock, shared, token.clone()));
+        let task = tokio::spawn(serve(sock, pktinfo, shared, token.clone()));
         info!(proto = "tftp", addr = %local_addr, "listening");
         Ok(ServerHandle {
             local_addr,
@@ -180,13 +193,55 @@ fn classify(buf: &[u8]) -> Flow {
     }
 }
 
-async fn serve(sock: UdpSocket, shared: Arc<Shared>, token: CancellationToken) {
+/// Receives one datagram with the local address it was sent to (`IP_PKTINFO` must be on).
+async fn recv_with_dst(
+    sock: &UdpSocket,
+    buf: &mut [u8],
+) -> io::Result<(usize, SocketAddr, Option<IpAddr>)> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrIn, recvmsg};
+    sock.async_io(Interest::READABLE, || {
+        let mut iov = [io::IoSliceMut::new(buf)];
+        let mut cmsg = nix::cmsg_space!(libc::in_pktinfo);
+        let msg = recvmsg::<SockaddrIn>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::empty(),
+        )
+        .map_err(io::Error::from)?;
+        let peer = msg
+            .address
+            .map(|a| SocketAddr::V4(SocketAddrV4::from(a)))
+            .ok_or_else(|| io::Error::other("datagram without a source address"))?;
+        let dst = msg.cmsgs().ok().and_then(|mut it| {
+            it.find_map(|c| match c {
+                ControlMessageOwned::Ipv4PacketInfo(info) => Some(IpAddr::V4(Ipv4Addr::from(
+                    u32::from_be(info.ipi_spec_dst.s_addr),
+                ))),
+                _ => None,
+            })
+        });
+        Ok((msg.bytes, peer, dst))
+    })
+    .await
+}
+
+async fn serve(sock: UdpSocket, pktinfo: bool, shared: Arc<Shared>, token: CancellationToken) {
     let sem = Arc::new(Semaphore::new(shared.cfg.max_transfers.get()));
     let mut buf = vec![0u8; 65536];
     loop {
-        let (n, peer) = tokio::select! {
+        let received = async {
+            if pktinfo {
+                recv_with_dst(&sock, &mut buf).await
+            } else {
+                sock.recv_from(&mut buf)
+                    .await
+                    .map(|(n, peer)| (n, peer, None))
+            }
+        };
+        let (n, peer, dst) = tokio::select! {
             () = token.cancelled() => return,
-            r = sock.recv_from(&mut buf) => match r {
+            r = received => match r {
                 Ok(r) => r,
                 Err(err) => {
                     debug!(error = %ErrorChain(&err), "request socket receive failed");
@@ -207,7 +262,7 @@ async fn serve(sock: UdpSocket, shared: Arc<Shared>, token: CancellationToken) {
                     let token = token.child_token();
                     tokio::task::spawn_blocking(move || {
                         let _permit = permit;
-                        span.in_scope(|| transfer_task(&shared, peer, &req, &token));
+                        span.in_scope(|| transfer_task(&shared, peer, dst, &req, &token));
                     });
                     continue;
                 }
@@ -228,10 +283,16 @@ async fn serve(sock: UdpSocket, shared: Arc<Shared>, token: CancellationToken) {
 
 /// Answers one read request from a fresh socket (its transfer ID). Blocking: runs on its own
 /// thread, like a tftpd-hpa child process.
-fn transfer_task(shared: &Shared, peer: SocketAddr, req: &Request, cancel: &CancellationToken) {
-    // TODO(robustness): with a wildcard listen address the reply leaves from the address the
-    // routing table picks, not necessarily the one the request was sent to (IP_PKTINFO).
-    let local = SocketAddr::new(shared.cfg.listen.ip(), 0);
+/// `dst` is the local address the request was sent to, when the request socket is on a
+/// wildcard address: the transfer answers from it, as clients expect.
+fn transfer_task(
+    shared: &Shared,
+    peer: SocketAddr,
+    dst: Option<IpAddr>,
+    req: &Request,
+    cancel: &CancellationToken,
+) {
+    let local = SocketAddr::new(dst.unwrap_or(shared.cfg.listen.ip()), 0);
     let sock = match std::net::UdpSocket::bind(local).and_then(|s| s.connect(peer).map(|()| s)) {
         Ok(s) => s,
         Err(err) => {
