@@ -449,6 +449,16 @@ async fn malformed_queries_get_formerr_or_are_dropped() -> Result<()> {
         }
     }
     assert!(formerr, "no FORMERR for a malformed question");
+    // An oversized datagram with a query header also gets FORMERR.
+    let mut big = vec![0x56, 0x78, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    big.resize(6000, b'x');
+    sock.send_to(&big, s)?;
+    let (n, _) = sock.recv_from(&mut buf)?;
+    assert!(
+        n >= 12 && buf[..2] == [0x56, 0x78] && buf[3] & 0x0F == 1,
+        "{:?}",
+        &buf[..n]
+    );
     // Still serving.
     let mut q = Message::new(7, MessageType::Query, OpCode::Query);
     q.add_query(Query::query(
