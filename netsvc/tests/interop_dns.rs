@@ -543,3 +543,34 @@ async fn replaying_ten_thousand_hosts_is_fast() -> Result<()> {
     h.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_with_replay_keeps_records_and_serial_does_not_go_back() -> Result<()> {
+    let hosts = [("alpha", 21u8), ("beta", 22), ("gamma", 23)];
+    let h = start(base_config(21)).await?;
+    let s = h.local_addr();
+    for (name, last) in hosts {
+        h.records()
+            .upsert_host(name, Ipv4Addr::new(10, 63, 21, last), name);
+    }
+    let before = serial(s).await?;
+    h.shutdown().await;
+
+    // Same address again; the caller replays its persisted hosts.
+    let mut cfg = base_config(21);
+    cfg.listen = s;
+    let h = start(cfg).await?;
+    for (name, last) in hosts {
+        h.records()
+            .upsert_host(name, Ipv4Addr::new(10, 63, 21, last), name);
+    }
+    assert_eq!(short(s, &["beta.rack.test."]).await?, ["10.63.21.22"]);
+    assert_eq!(
+        short(s, &["-x", "10.63.21.23"]).await?,
+        ["gamma.rack.test."]
+    );
+    let after = serial(s).await?;
+    assert!(after >= before, "serial went back from {before} to {after}");
+    h.shutdown().await;
+    Ok(())
+}

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, Record, RecordType};
-use hickory_proto::serialize::binary::BinEncoder;
+use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
 use hickory_server::net::NetError;
 use hickory_server::net::runtime::TokioTime;
 use hickory_server::net::xfer::Protocol;
@@ -250,7 +250,9 @@ impl Engine {
         let Ok(req) = Message::from_vec(pkt) else {
             return refuse();
         };
-        let query: Query = req.queries[0].clone();
+        let Some(query) = req.queries.first().cloned() else {
+            return refuse();
+        };
         let new_msg = |first: bool| {
             let mut m = Message::new(req.metadata.id, MessageType::Response, OpCode::Query);
             m.metadata.authoritative = true;
@@ -267,7 +269,7 @@ impl Engine {
         let mut msg = new_msg(true);
         let mut size = HEADER_LEN + 64;
         for r in records {
-            let rsize = r.name.len() + 12 + 64;
+            let rsize = r.to_bytes().map_or(usize::from(u16::MAX), |b| b.len());
             if size + rsize > limit && !msg.answers.is_empty() {
                 if proto == Protocol::Udp {
                     return codec::header_and_question(pkt, 0, true, true)
