@@ -449,6 +449,16 @@ async fn malformed_queries_get_formerr_or_are_dropped() -> Result<()> {
         }
     }
     assert!(formerr, "no FORMERR for a malformed question");
+    // An oversized datagram with a query header also gets FORMERR.
+    let mut big = vec![0x56, 0x78, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    big.resize(6000, b'x');
+    sock.send_to(&big, s)?;
+    let (n, _) = sock.recv_from(&mut buf)?;
+    assert!(
+        n >= 12 && buf[..2] == [0x56, 0x78] && buf[3] & 0x0F == 1,
+        "{:?}",
+        &buf[..n]
+    );
     // Still serving.
     let mut q = Message::new(7, MessageType::Query, OpCode::Query);
     q.add_query(Query::query(
@@ -530,6 +540,37 @@ async fn replaying_ten_thousand_hosts_is_fast() -> Result<()> {
         short(h.local_addr(), &["-x", "10.63.139.15"]).await?,
         ["n09999.rack.test."]
     );
+    h.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_with_replay_keeps_records_and_serial_does_not_go_back() -> Result<()> {
+    let hosts = [("alpha", 21u8), ("beta", 22), ("gamma", 23)];
+    let h = start(base_config(21)).await?;
+    let s = h.local_addr();
+    for (name, last) in hosts {
+        h.records()
+            .upsert_host(name, Ipv4Addr::new(10, 63, 21, last), name);
+    }
+    let before = serial(s).await?;
+    h.shutdown().await;
+
+    // Same address again; the caller replays its persisted hosts.
+    let mut cfg = base_config(21);
+    cfg.listen = s;
+    let h = start(cfg).await?;
+    for (name, last) in hosts {
+        h.records()
+            .upsert_host(name, Ipv4Addr::new(10, 63, 21, last), name);
+    }
+    assert_eq!(short(s, &["beta.rack.test."]).await?, ["10.63.21.22"]);
+    assert_eq!(
+        short(s, &["-x", "10.63.21.23"]).await?,
+        ["gamma.rack.test."]
+    );
+    let after = serial(s).await?;
+    assert!(after >= before, "serial went back from {before} to {after}");
     h.shutdown().await;
     Ok(())
 }

@@ -14,6 +14,7 @@
 mod codec;
 mod config;
 mod forward;
+mod mmsg;
 mod rrl;
 mod server;
 mod zone;

@@ -16,6 +16,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
@@ -23,7 +24,7 @@ use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, Record, RecordType};
-use hickory_proto::serialize::binary::BinEncoder;
+use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
 use hickory_server::net::NetError;
 use hickory_server::net::runtime::TokioTime;
 use hickory_server::net::xfer::Protocol;
@@ -41,6 +42,7 @@ use tracing::{debug, info, warn};
 use super::codec::{self, Fast, HEADER_LEN, RawHeader};
 use super::config::allowed;
 use super::forward::Forwarder;
+use super::mmsg::{RecvBatch, SendBatch};
 use super::rrl::{Rrl, Verdict};
 use super::zone::{RecordsHandle, Shared, ZoneSet};
 use super::{Config, DnsDeps, DnsError};
@@ -248,7 +250,9 @@ impl Engine {
         let Ok(req) = Message::from_vec(pkt) else {
             return refuse();
         };
-        let query: Query = req.queries[0].clone();
+        let Some(query) = req.queries.first().cloned() else {
+            return refuse();
+        };
         let new_msg = |first: bool| {
             let mut m = Message::new(req.metadata.id, MessageType::Response, OpCode::Query);
             m.metadata.authoritative = true;
@@ -265,7 +269,7 @@ impl Engine {
         let mut msg = new_msg(true);
         let mut size = HEADER_LEN + 64;
         for r in records {
-            let rsize = r.name.len() + 12 + 64;
+            let rsize = r.to_bytes().map_or(usize::from(u16::MAX), |b| b.len());
             if size + rsize > limit && !msg.answers.is_empty() {
                 if proto == Protocol::Udp {
                     return codec::header_and_question(pkt, 0, true, true)
@@ -535,18 +539,19 @@ fn send_udp(engine: &Engine, sock: &StdUdpSocket, pkt: &[u8], msg: &[u8], src: S
     }
 }
 
-/// One UDP socket: the fast path inline, the rest handed to tokio.
+/// One UDP socket: batches of datagrams, the fast path inline, the rest handed to tokio.
 fn udp_worker(
     sock: &Arc<StdUdpSocket>,
     engine: &Arc<Engine>,
     stop: &AtomicBool,
     rt: &tokio::runtime::Handle,
 ) {
-    let mut buf = vec![0u8; 65_535];
-    let mut out = Vec::with_capacity(1500);
+    let fd = sock.as_raw_fd();
+    let mut rx = RecvBatch::new();
+    let mut tx = SendBatch::new();
     while !stop.load(Ordering::Relaxed) {
-        let (n, src) = match sock.recv_from(&mut buf) {
-            Ok(v) => v,
+        let n = match rx.recv(fd) {
+            Ok(n) => n,
             Err(err)
                 if matches!(
                     err.kind(),
@@ -562,39 +567,80 @@ fn udp_worker(
                 continue;
             }
         };
-        let pkt = &buf[..n];
-        let fast = {
+        {
             let map = engine.shared.fast.read().unwrap_or_else(|e| e.into_inner());
-            codec::fast_answer(&map, pkt, engine.edns_payload, &mut out)
-        };
-        match fast {
-            Fast::Reply(len) => send_udp(engine, sock, pkt, &out[..len], src),
-            Fast::Slow => {
-                let Ok(permit) = Arc::clone(&engine.permits).try_acquire_owned() else {
-                    debug!(%src, "slow path saturated, dropping query");
+            for i in 0..n {
+                let (raw, raw_len, src) = rx.addr(i);
+                let Some(src) = src else { continue };
+                let Some(pkt) = rx.packet(i) else {
+                    // Longer than any query we serve: FORMERR when it has a query header.
+                    if let Some(h) = RawHeader::read(rx.packet_prefix(i))
+                        && !h.is_response()
+                    {
+                        let out = tx.next_buf();
+                        out.clear();
+                        out.extend_from_slice(&codec::error_header(h, RCODE_FORMERR));
+                        tx.commit(raw, raw_len);
+                    }
                     continue;
                 };
-                let pkt = pkt.to_vec();
-                let engine = Arc::clone(engine);
-                let sock = Arc::clone(sock);
-                rt.spawn(async move {
-                    let msgs = engine.slow(pkt.clone(), src, Protocol::Udp).await;
-                    for m in msgs {
-                        let m = if m.len() > usize::from(engine.udp_limit(&pkt)) {
-                            match codec::header_and_question(&pkt, 0, true, false) {
-                                Some(tc) => tc,
-                                None => continue,
+                let out = tx.next_buf();
+                match codec::fast_answer(&map, pkt, engine.edns_payload, out) {
+                    Fast::Reply(_) => match engine
+                        .rrl
+                        .as_ref()
+                        .map_or(Verdict::Send, |r| r.check(src.ip()))
+                    {
+                        Verdict::Send => tx.commit(raw, raw_len),
+                        Verdict::Slip => {
+                            if let Some(tc) = codec::header_and_question(pkt, 0, true, false) {
+                                out.clear();
+                                out.extend_from_slice(&tc);
+                                tx.commit(raw, raw_len);
                             }
-                        } else {
-                            m
-                        };
-                        send_udp(&engine, &sock, &pkt, &m, src);
-                    }
-                    drop(permit);
-                });
+                        }
+                        Verdict::Drop => {}
+                    },
+                    Fast::Slow => spawn_slow(engine, sock, rt, pkt, src),
+                }
             }
         }
+        if tx.len() > 0 {
+            tx.flush(fd);
+        }
     }
+}
+
+/// Hands one UDP query to the slow path on tokio, bounded by the in-flight semaphore.
+fn spawn_slow(
+    engine: &Arc<Engine>,
+    sock: &Arc<StdUdpSocket>,
+    rt: &tokio::runtime::Handle,
+    pkt: &[u8],
+    src: SocketAddr,
+) {
+    let Ok(permit) = Arc::clone(&engine.permits).try_acquire_owned() else {
+        debug!(%src, "slow path saturated, dropping query");
+        return;
+    };
+    let pkt = pkt.to_vec();
+    let engine = Arc::clone(engine);
+    let sock = Arc::clone(sock);
+    rt.spawn(async move {
+        let msgs = engine.slow(pkt.clone(), src, Protocol::Udp).await;
+        for m in msgs {
+            let m = if m.len() > usize::from(engine.udp_limit(&pkt)) {
+                match codec::header_and_question(&pkt, 0, true, false) {
+                    Some(tc) => tc,
+                    None => continue,
+                }
+            } else {
+                m
+            };
+            send_udp(&engine, &sock, &pkt, &m, src);
+        }
+        drop(permit);
+    });
 }
 
 async fn tcp_accept(

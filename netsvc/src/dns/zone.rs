@@ -212,8 +212,9 @@ impl RecordsHandle {
     pub fn upsert_host(&self, name: &str, ip: Ipv4Addr, owner: &str) -> UpsertOutcome {
         let mut st = self.shared.lock();
         let outcome = st.upsert_host(name, ip, owner, &self.shared.fast);
+        let changed = !st.dirty.is_empty();
         drop(st);
-        if matches!(outcome, UpsertOutcome::Published { .. }) {
+        if changed {
             self.shared.wake();
         }
         outcome
@@ -222,7 +223,8 @@ impl RecordsHandle {
     /// Removes every record of `owner` (no-op when it has none), bumping the serials.
     pub fn remove_owner(&self, owner: &str) {
         let mut st = self.shared.lock();
-        let changed = st.remove_owner(owner, &self.shared.fast);
+        st.remove_owner(owner, &self.shared.fast);
+        let changed = !st.dirty.is_empty();
         drop(st);
         if changed {
             self.shared.wake();
@@ -287,6 +289,11 @@ impl ZoneInit {
                 {
                     self.soa = Some((soa.clone(), r.ttl));
                 }
+                continue;
+            }
+            // NS at the apex from a file replaces the generated one; other RRsets merge.
+            if rrset.record_type() == RecordType::NS && Name::from(key.name()) == self.origin {
+                self.records.insert(key, rrset);
                 continue;
             }
             match self.records.get_mut(&key) {
