@@ -16,7 +16,7 @@ now() { date +%s.%N; }
 since() { echo "$(now) - $1" | bc; }
 
 # The same package set the template installs, and the machine's own mirror lines.
-pkgs=$(sed -n '/^packages = \[/,/^\]/p' "$tpl/image.toml" | tr -d ' \n[]"' | sed 's/^packages=//')
+pkgs=$(sed -n '/^packages = \[/,/^\]/p' "$tpl/image.toml" | tr -d ' \n[]"' | sed 's/^packages=//; s/,$//')
 pkgs="$pkgs,$kernel"
 mirror=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
 mirror=${mirror:-$(awk '$1=="deb"{print $2; exit}' /etc/apt/sources.list)}

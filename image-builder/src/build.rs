@@ -416,7 +416,7 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildOutput
             timed(reporter, Stage::Customise, &keys.customise, || {
                 common::run_cmd(
                     Command::new("cp")
-                        .args(["-a", "--reflink=auto"])
+                        .arg(customise::copy_mode(spec))
                         .arg(&tree)
                         .arg(&rootfs),
                 )?;

@@ -1,7 +1,7 @@
 //! The customise stage: system settings, rendered files, first-boot units, users, services and
 //! hooks, applied to a copy of the cached bootstrap tree.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -166,10 +166,54 @@ fn install(root: &Path, rel: &str, data: &[u8], mode: u32) -> Result<(), StageEr
     {
         std::fs::remove_file(&path).map_err(io("remove symlink", &path))?;
     }
-    std::fs::write(&path, data).map_err(io("write file", &path))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
-        .map_err(io("set permissions", &path))?;
+    // Write a new inode and rename it over the old one: the tree may be a hardlink farm of
+    // the cached bootstrap, which must never change.
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.image-builder-new"));
+    std::fs::write(&tmp, data).map_err(io("write file", &tmp))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
+        .map_err(io("set permissions", &tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io("rename into place", &path))?;
     Ok(())
+}
+
+/// Gives `rel` its own inode (a copy renamed over it) if it is shared with another tree.
+fn unshare_file(root: &Path, rel: &str) -> Result<(), StageError> {
+    let path = root.join(rel.trim_start_matches('/'));
+    let Ok(md) = path.symlink_metadata() else {
+        return Ok(());
+    };
+    if !md.file_type().is_file() || md.nlink() < 2 {
+        return Ok(());
+    }
+    let tmp = path.with_extension("image-builder-unshare");
+    std::fs::copy(&path, &tmp).map_err(io("copy", &path))?;
+    std::os::unix::fs::chown(&tmp, Some(md.uid()), Some(md.gid())).map_err(io("chown", &tmp))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(md.mode() & 0o7777))
+        .map_err(io("set permissions", &tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io("rename into place", &path))
+}
+
+/// Files `useradd` may rewrite in place rather than by rename.
+const USERADD_IN_PLACE: &[&str] = &[
+    "/var/log/lastlog",
+    "/var/log/faillog",
+    "/etc/passwd",
+    "/etc/shadow",
+    "/etc/group",
+    "/etc/gshadow",
+    "/etc/subuid",
+    "/etc/subgid",
+];
+
+/// How the customise stage gets its working tree from the cached bootstrap tree.
+pub(crate) fn copy_mode(spec: &Spec) -> &'static str {
+    // Hooks may modify any file in place, so they get a real copy; otherwise a hardlink farm
+    // (every write of this module replaces inodes) makes a warm rebuild much cheaper.
+    if spec.hooks.is_empty() { "-al" } else { "-a" }
 }
 
 fn symlink(root: &Path, rel: &str, target: &str) -> Result<(), StageError> {
@@ -294,6 +338,34 @@ pub(crate) fn run(
         }
     }
 
+    // Logs of the bootstrap (dpkg, apt) say when the image was built: empty them.
+    let logs = root.join("var/log");
+    let mut stack = vec![logs];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(ft) = e.file_type() else { continue };
+            let path = e.path();
+            if ft.is_dir() {
+                stack.push(path);
+            } else if ft.is_file() {
+                let md = path.metadata().map_err(io("stat", &path))?;
+                if md.len() > 0 {
+                    let rel = path
+                        .strip_prefix(root)
+                        .expect("invariant: walked below root")
+                        .to_string_lossy()
+                        .into_owned();
+                    install(root, &rel, b"", md.permissions().mode() & 0o7777)?;
+                    std::os::unix::fs::chown(&path, Some(md.uid()), Some(md.gid()))
+                        .map_err(io("chown", &path))?;
+                }
+            }
+        }
+    }
+
     // Identity that must be unique per machine: regenerated on first boot.
     if spec.firstboot.regenerate_machine_id {
         install(root, "/etc/machine-id", b"", 0o444)?;
@@ -330,6 +402,9 @@ fn passwd_ids(root: &Path, name: &str) -> Result<(u32, u32), StageError> {
 }
 
 fn add_user(root: &Path, u: &User, sde: &str) -> Result<(), StageError> {
+    for f in USERADD_IN_PLACE {
+        unshare_file(root, f)?;
+    }
     let mut cmd = Command::new("useradd");
     cmd.env("SOURCE_DATE_EPOCH", sde)
         .arg("--root")

@@ -386,6 +386,19 @@ fn rebuild_after_one_file_change_reuses_bootstrap_and_same_inputs_give_same_byte
         tar_member(&out.join("rootfs.tar.zst"), "etc/motd")?,
         b"changed motd for minimal\n"
     );
+    // The customise stage works on a hardlink farm of the cached tree: the cache is untouched.
+    let key = events
+        .iter()
+        .find(|e| e["event"] == "stage_cached")
+        .and_then(|e| e["key"].as_str())
+        .context("bootstrap key")?;
+    let cached = cache_dir().join("bootstrap").join(key);
+    let motd = std::fs::read_to_string(cached.join("etc/motd"))?;
+    assert!(!motd.contains("changed"), "cache modified: {motd}");
+    assert!(
+        cached.join("etc/ssh/ssh_host_ed25519_key").exists(),
+        "cache lost host keys"
+    );
 
     // Same inputs as the shared build: byte-identical tarball.
     let again = tmp.path().join("again");
