@@ -49,7 +49,11 @@ fuzz_target!(|data: &[u8]| {
     for chunk in data.chunks_exact(3) {
         let ev = event(chunk);
         if let Ok((next, _effects)) = step(&s, &ev) {
-            if let HostState::Deploying { phase: DeployPhase::Pending, .. } = next {
+            if let HostState::Deploying {
+                phase: DeployPhase::Pending,
+                ..
+            } = next
+            {
                 verified = false;
             }
             if ev == HostEvent::Verified {

@@ -4,8 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use provisioner::api::{
-    EnrolRequest, HardwareInventory, ImagingResult, MacAddr, NewRule, ProgressReport, Rule,
-    RuleId,
+    EnrolRequest, HardwareInventory, ImagingResult, MacAddr, NewRule, ProgressReport, Rule, RuleId,
 };
 use provisioner::rules;
 
@@ -28,7 +27,11 @@ fuzz_target!(|data: &[u8]| {
         let rules = [rule(1, "{vendor}-{product}-{serial}"), rule(2, "{mac}")];
         if let Some((_, plan)) = rules::evaluate(&rules, &inv, mac) {
             assert!(plan.hostname.len() <= 63);
-            assert!(plan.hostname.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'));
+            assert!(
+                plan.hostname
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            );
         }
     }
     if let Ok(pattern) = std::str::from_utf8(data) {
