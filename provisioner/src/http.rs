@@ -35,6 +35,10 @@ use crate::store::{SecretKind, Store};
 /// Most events one `GET /api/v1/events` returns without `follow`.
 const MAX_EVENTS: u32 = 10_000;
 
+/// Most requests handled at once (an event stream counts only until its headers are sent);
+/// further requests wait for a slot.
+const MAX_IN_FLIGHT: usize = 256;
+
 /// The error of every handler, mapped to a response in one place.
 #[derive(Debug)]
 pub(crate) enum ApiError {
@@ -237,6 +241,9 @@ pub fn router<S: Store>(
         .fallback(|| async { ApiError::BadRequest("no such route".into()) })
         .with_state(st)
         .layer(middleware::from_fn(request_span))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            MAX_IN_FLIGHT,
+        ))
 }
 
 /// The OpenAPI document of this API, pretty-printed JSON (committed as `openapi.json`).

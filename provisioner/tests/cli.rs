@@ -26,10 +26,15 @@ struct Daemon {
     rx: mpsc::Receiver<(bool, String)>,
     /// Every stderr (log) line read so far.
     log: Vec<String>,
+    /// Every stdout line read so far.
+    stdout: Vec<String>,
 }
 
 impl Daemon {
-    fn start(state_dir: &Path) -> anyhow::Result<Daemon> {
+    /// Starts the daemon and waits for its `listening` line (and, with `expect_token`, for the
+    /// admin token it prints at first start; stdout and stderr are separate pipes, so their
+    /// lines may arrive in either order).
+    fn start(state_dir: &Path, expect_token: bool) -> anyhow::Result<Daemon> {
         let mut child = Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--state-dir"])
             .arg(state_dir)
@@ -54,13 +59,16 @@ impl Daemon {
             }
         });
         let mut new_token = None;
+        let mut addr = None;
         let mut log = Vec::new();
-        loop {
+        let mut stdout = Vec::new();
+        while addr.is_none() || (expect_token && new_token.is_none()) {
             let (is_stdout, line) = rx
                 .recv_timeout(Duration::from_secs(30))
-                .with_context(|| format!("no listening line; log so far: {log:#?}"))?;
+                .with_context(|| format!("no listening/token line; log so far: {log:#?}"))?;
             if is_stdout {
                 new_token = line.rsplit(' ').next().map(str::to_owned);
+                stdout.push(line);
                 continue;
             }
             log.push(line.clone());
@@ -68,20 +76,17 @@ impl Daemon {
                 && v["message"] == "listening"
             {
                 assert_eq!(v["proto"], "http");
-                let addr = v["addr"].as_str().context("addr field")?.to_owned();
-                // The token line is printed before the server starts listening.
-                while let Ok((true, line)) = rx.try_recv() {
-                    new_token = line.rsplit(' ').next().map(str::to_owned);
-                }
-                return Ok(Daemon {
-                    child,
-                    addr,
-                    new_token,
-                    rx,
-                    log,
-                });
+                addr = Some(v["addr"].as_str().context("addr field")?.to_owned());
             }
         }
+        Ok(Daemon {
+            child,
+            addr: addr.expect("invariant: the loop ends once addr is set"),
+            new_token,
+            rx,
+            log,
+            stdout,
+        })
     }
 
     fn url(&self) -> String {
@@ -91,7 +96,9 @@ impl Daemon {
     /// Every log line so far.
     fn drain_log(&mut self) -> Vec<String> {
         while let Ok((is_stdout, line)) = self.rx.try_recv() {
-            if !is_stdout {
+            if is_stdout {
+                self.stdout.push(line);
+            } else {
                 self.log.push(line);
             }
         }
@@ -182,7 +189,7 @@ async fn cli_drives_a_running_daemon_and_state_survives_kill_9() {
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state");
     let token_file = state.join("admin-token");
-    let mut daemon = Daemon::start(&state).unwrap();
+    let mut daemon = Daemon::start(&state, true).unwrap();
     let url = daemon.url();
 
     // The token was printed once and stored with mode 0600.
@@ -337,8 +344,7 @@ async fn cli_drives_a_running_daemon_and_state_survives_kill_9() {
     let before = ok_json(&url, &token_file, &["hosts", "show", "node-sn-7"]);
     daemon.kill9();
     let first_log = daemon.drain_log();
-    let mut daemon = Daemon::start(&state).unwrap();
-    assert_eq!(daemon.new_token, None, "the token is printed only once");
+    let mut daemon = Daemon::start(&state, false).unwrap();
     let url = daemon.url();
     let after = ok_json(&url, &token_file, &["hosts", "show", "node-sn-7"]);
     assert_eq!(before, after);
@@ -392,9 +398,14 @@ async fn cli_drives_a_running_daemon_and_state_survives_kill_9() {
     .expect("follower ends with the server");
     assert!(fstatus.success(), "{fstatus}");
 
-    // Secrets never reach the logs.
+    // Secrets never reach the logs; the token was printed only at first start.
     let mut log = first_log;
     log.extend(daemon.drain_log());
+    assert_eq!(
+        daemon.stdout,
+        Vec::<String>::new(),
+        "the token is printed only once"
+    );
     assert!(
         log.iter().any(|l| l.contains("host transition")),
         "{log:#?}"

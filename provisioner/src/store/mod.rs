@@ -121,12 +121,6 @@ pub trait Store: Send + Sync + 'static {
         kind: SecretKind,
         hash: &SecretHash,
     ) -> Result<Option<HostId>, Self::Error>;
-    /// Like [`Store::secret_owner`], and deletes the secret (one-time use).
-    fn take_secret(
-        &self,
-        kind: SecretKind,
-        hash: &SecretHash,
-    ) -> Result<Option<HostId>, Self::Error>;
     /// Deletes every secret of a host.
     fn revoke_secrets(&self, host: HostId) -> Result<(), Self::Error>;
 }
