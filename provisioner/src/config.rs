@@ -195,7 +195,8 @@ mod tests {
 
     #[test]
     fn shipped_example_parses() {
-        let path = Utf8Path::new(env!("CARGO_MANIFEST_DIR")).join("provisioner.example.toml");
+        let path =
+            Utf8Path::new(env!("CARGO_MANIFEST_DIR")).join("../templates/config/provisioner.toml");
         let s = Settings::load(Some(&path), WireConfig::default()).unwrap();
         assert_eq!(s.state_dir, DEFAULT_STATE_DIR);
     }
