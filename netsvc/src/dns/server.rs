@@ -57,6 +57,8 @@ const TCP_IDLE: Duration = Duration::from_secs(10);
 /// Size of one zone-transfer message over TCP.
 const XFR_CHUNK: usize = 16_000;
 const READ_TICK: Duration = Duration::from_millis(200);
+/// Delay before copying changes into the catalog, to batch them.
+const SYNC_DELAY: Duration = Duration::from_millis(5);
 
 /// Everything one query needs; shared by every socket.
 struct Engine {
@@ -731,6 +733,9 @@ async fn catalog_sync(shared: Arc<Shared>, cancel: CancellationToken) {
             () = cancel.cancelled() => return,
             () = shared.sync_wake.notified() => {}
         }
+        // Coalesce bursts (a startup replay) into one batch. The fast path already answers A
+        // and PTR from the master copy, so only slow-path answers wait for this.
+        tokio::time::sleep(SYNC_DELAY).await;
         let batches = shared.lock().take_dirty();
         for (handler, changes) in batches {
             let mut records = handler.records_mut().await;

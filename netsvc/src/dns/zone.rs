@@ -232,6 +232,11 @@ impl RecordsHandle {
     }
 
     /// Current SOA serial of the rack domain.
+    ///
+    /// Serials start at the current Unix time (or the zone file's, when higher) and every change
+    /// moves them to `max(serial + 1, now)`, so a restart that replays the persisted hosts does
+    /// not go backwards for secondaries unless the previous run made more changes than seconds
+    /// have passed since.
     pub fn serial(&self) -> u32 {
         let st = self.shared.lock();
         st.zones[st.forward].soa.serial
