@@ -18,13 +18,14 @@ since() { echo "$(now) - $1" | bc; }
 # The same package set the template installs, and the machine's own mirror lines.
 pkgs=$(sed -n '/^packages = \[/,/^\]/p' "$tpl/image.toml" | tr -d ' \n[]"' | sed 's/^packages=//; s/,$//')
 pkgs="$pkgs,$kernel"
-mirror=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
-mirror=${mirror:-$(awk '$1=="deb"{print $2; exit}' /etc/apt/sources.list)}
+# The same source lines image-builder takes (suite, -updates, -security), from deb822 files.
+mapfile -t mirrors < <(awk '/^URIs:/{u=$2} /^Suites:/{for(i=2;i<=NF;i++) print "deb " u " " $i " main"}' \
+  /etc/apt/sources.list.d/*.sources | grep ' bookworm')
 
 echo "baseline: mmdebstrap --variant=minbase --include=$pkgs + mkfs.ext4 -d + qemu-img convert"
 t0=$(now)
 mmdebstrap --mode=root --quiet --variant=minbase --dpkgopt=force-unsafe-io \
-  --include="$pkgs" bookworm "$work/base" "deb $mirror bookworm main"
+  --include="$pkgs" bookworm "$work/base" "${mirrors[@]}"
 truncate -s 3G "$work/base.raw"
 mkfs.ext4 -q -F -d "$work/base" "$work/base.raw"
 qemu-img convert -f raw -O qcow2 "$work/base.raw" "$work/base.qcow2"
