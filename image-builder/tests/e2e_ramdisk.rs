@@ -1,13 +1,13 @@
-//! End to end: build the `deploy-ramdisk` template with a test-only imager stand-in and boot it
-//! with `qemu -kernel -initrd` and a QEMU user-mode NIC (no host networking is touched): /init
-//! must load the NIC driver, get a DHCP lease with udhcpc, print its marker and exec the imager
-//! with the kernel command line's `provisioner.*` arguments.
+//! End to end: build the `deploy-ramdisk` template with a test-only imager stand-in and
+//! network-boot it on a virtual rack served by `netsvc` (DHCP, iPXE, kernel and initrd over
+//! HTTP): /init must load the NIC driver, get a DHCP lease from netsvc with udhcpc, print its
+//! marker and exec the imager with the kernel command line's `provisioner.*` arguments.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 const BIN: &str = env!("CARGO_BIN_EXE_image-builder");
 
@@ -16,34 +16,6 @@ fn repo() -> PathBuf {
         .parent()
         .expect("crate sits in the workspace")
         .to_owned()
-}
-
-struct Qemu(Child);
-
-impl Drop for Qemu {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn wait_line(log: &Path, marker: &str) -> Result<String> {
-    let found = common::wait_for(Duration::from_secs(240), || async move {
-        let text = std::fs::read(log).ok()?;
-        String::from_utf8_lossy(&text)
-            .lines()
-            .find(|l| l.contains(marker))
-            .map(|l| l.trim().to_owned())
-    })
-    .await;
-    match found {
-        Some(l) => Ok(l),
-        None => {
-            let text =
-                String::from_utf8_lossy(&std::fs::read(log).unwrap_or_default()).into_owned();
-            bail!("no `{marker}` on the console:\n{text}")
-        }
-    }
 }
 
 #[tokio::test]
@@ -70,31 +42,24 @@ async fn deploy_ramdisk_boots_to_the_imager() -> Result<()> {
         assert!(out.join(f).exists(), "{f} missing");
     }
 
-    let log = tmp.path().join("console.log");
-    let _vm = Qemu(
-        Command::new("qemu-system-x86_64")
-            .args(["-accel", "tcg", "-m", "512", "-display", "none", "-monitor", "none"])
-            .args(["-no-reboot", "-serial"])
-            .arg(format!("file:{}", log.display()))
-            .arg("-kernel")
-            .arg(out.join("vmlinuz"))
-            .arg("-initrd")
-            .arg(out.join("initrd.img"))
-            .args(["-append", "console=ttyS0 panic=-1 provisioner.url=http://10.0.2.2:9/api provisioner.token=abc"])
-            .args(["-nic", "user,model=virtio-net-pci,restrict=on"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("start qemu")?,
+    let netsvc = rack_tests::workspace_bin("netsvc")?;
+    let mut rack = rack_tests::PxeRack::start_with(
+        &netsvc,
+        [72, 1],
+        &out.join("vmlinuz"),
+        &out.join("initrd.img"),
+        "console=ttyS0 panic=-1 provisioner.url=http://10.72.1.1:8080/api provisioner.token=abc",
+    )?;
+    let mut vm = rack.power_on(rack_tests::Firmware::Bios, "52:54:00:72:01:01")?;
+    let (ready, _) = vm.wait_for_line("DEPLOY-RAMDISK-READY", Duration::from_secs(240))?;
+    // netsvc's pool is .100-.150: udhcpc in the ramdisk configured the NIC from our DHCP.
+    assert!(ready.contains("=10.72.1.1"), "{ready}");
+    let (imager, _) = vm.wait_for_line("TEST-IMAGER-STAND-IN started", Duration::from_secs(60))?;
+    assert!(
+        imager.contains("--url=http://10.72.1.1:8080/api"),
+        "{imager}"
     );
-    let ready = wait_line(&log, "DEPLOY-RAMDISK-READY").await?;
-    // QEMU's user-mode network hands out 10.0.2.15 by DHCP: udhcpc configured the NIC.
-    assert!(ready.contains("=10.0.2.15/24"), "{ready}");
-    let imager = wait_line(&log, "TEST-IMAGER-STAND-IN started").await?;
-    assert!(imager.contains("--url=http://10.0.2.2:9/api"), "{imager}");
     assert!(imager.contains("--token=abc"), "{imager}");
-    assert!(imager.contains("url=http://10.0.2.2:9/api"), "{imager}");
     Ok(())
 }
 

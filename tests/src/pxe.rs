@@ -11,7 +11,7 @@ use crate::{Daemon, Firmware, Qemu, QemuSpec, RackNet, marker_initramfs, test_ke
 pub struct PxeRack {
     /// The rack segment.
     pub rack: RackNet,
-    /// The line the booted initramfs prints.
+    /// The line the booted marker initramfs prints (empty with [`PxeRack::start_with`]).
     pub marker: String,
     netsvc: Daemon,
     _dir: tempfile::TempDir,
@@ -19,15 +19,40 @@ pub struct PxeRack {
 
 impl PxeRack {
     /// Creates the segment `10.{net[0]}.{net[1]}.0/24` and starts the `netsvc` binary at
-    /// `netsvc_bin` in its namespace with a config file written here (DHCP pool .100–.150).
+    /// `netsvc_bin` in its namespace with a config file written here (DHCP pool .100–.150),
+    /// serving the test kernel and a marker initramfs.
     pub fn start(netsvc_bin: &Path, net: [u8; 2]) -> anyhow::Result<Self> {
-        let rack = RackNet::create(net)?;
         let marker = format!("PXE-MARKER-{}-{}", net[0], net[1]);
+        let dir = tempfile::tempdir()?;
+        let initrd = dir.path().join("marker-initrd.img");
+        marker_initramfs(&initrd, &marker)?;
+        let mut me = Self::start_with(
+            netsvc_bin,
+            net,
+            &test_kernel()?,
+            &initrd,
+            "console=ttyS0 quiet",
+        )?;
+        me.marker = marker;
+        Ok(me)
+    }
+
+    /// Like [`PxeRack::start`], serving `kernel` and `initrd` booted with `cmdline` instead (the
+    /// appliance address is `10.{net[0]}.{net[1]}.1`; the HTTP server listens on port 80).
+    pub fn start_with(
+        netsvc_bin: &Path,
+        net: [u8; 2],
+        kernel: &Path,
+        initrd: &Path,
+        cmdline: &str,
+    ) -> anyhow::Result<Self> {
+        let rack = RackNet::create(net)?;
+        let marker = String::new();
         let dir = tempfile::tempdir()?;
         let boot = dir.path().join("boot");
         std::fs::create_dir_all(&boot)?;
-        std::fs::copy(test_kernel()?, boot.join("vmlinuz"))?;
-        marker_initramfs(&boot.join("initrd.img"), &marker)?;
+        std::fs::copy(kernel, boot.join("vmlinuz"))?;
+        std::fs::copy(initrd, boot.join("initrd.img"))?;
         let config = dir.path().join("netsvc.toml");
         let [a, b] = net;
         std::fs::write(
@@ -43,7 +68,7 @@ pools = ["10.{a}.{b}.100-10.{a}.{b}.150"]
 [http]
 kernel = "vmlinuz"
 initrd = "initrd.img"
-cmdline = "console=ttyS0 quiet"
+cmdline = "{cmdline}"
 "#,
                 state = dir.path().join("state").display(),
                 boot = boot.display(),
