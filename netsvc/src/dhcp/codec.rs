@@ -177,11 +177,11 @@ fn trim_nul(bytes: &[u8]) -> Option<String> {
 }
 
 /// Rejects lengths on which dhcproto 0.15 would trip a debug assertion or underflow.
-/// Only called for options with a non-zero total length.
+/// Called for every option present, with its total length.
 fn check_len(code: u8, len: usize) -> Result<(), CodecError> {
     let ok = match code {
         // Rapid commit carries no value.
-        80 => false,
+        80 => len == 0,
         81 => len >= 3,
         94 => len == 3,
         151 => len >= 1,
@@ -210,15 +210,14 @@ pub fn decode(bytes: &[u8]) -> Result<Request, CodecError> {
     }
     let mut raw = RawOpts::default();
     // Total length per code: dhcproto concatenates repeated options (RFC 3396) before decoding.
-    let mut lens = [0usize; 256];
+    let mut lens: [Option<usize>; 256] = [None; 256];
     walk_options(&bytes[OPTIONS_START..], |code, val| {
-        lens[usize::from(code)] += val.len();
+        *lens[usize::from(code)].get_or_insert(0) += val.len();
         raw.take(code, val);
     })?;
-    for (code, &len) in lens.iter().enumerate() {
-        let code = u8::try_from(code).expect("invariant: 256 entries");
-        if len > 0 {
-            check_len(code, len)?;
+    for (code, len) in lens.iter().enumerate() {
+        if let Some(len) = *len {
+            check_len(u8::try_from(code).expect("invariant: 256 entries"), len)?;
         }
     }
     let msg = v4::Message::from_bytes(bytes).map_err(|err| CodecError::Decode { err })?;
@@ -422,6 +421,11 @@ mod tests {
         assert!(matches!(
             decode(&rapid),
             Err(CodecError::OptionLength { code: 80, .. })
+        ));
+        let blq = discover([1; 6], &[(152, &[])]);
+        assert!(matches!(
+            decode(&blq),
+            Err(CodecError::OptionLength { code: 152, .. })
         ));
         let mut overrun = discover([1; 6], &[]);
         overrun.pop();
