@@ -194,7 +194,10 @@ pub async fn run(settings: config::Settings, shutdown: CancellationToken) -> Res
             path: settings.state_dir.clone(),
             err,
         })?;
-        let store = dhcp::SqliteLeaseStore::open(&lease_db(&settings))
+        let mut store = dhcp::SqliteLeaseStore::open(&lease_db(&settings))
+            .map_err(|err| RunError::LeaseStore { err })?;
+        store
+            .checkpoint_in_background()
             .map_err(|err| RunError::LeaseStore { err })?;
         let deps = dhcp::Deps {
             store,

@@ -176,12 +176,47 @@ fn trim_nul(bytes: &[u8]) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
+/// Checks option lengths the way dhcproto 0.15 will see them: it concatenates only
+/// *consecutive* options of one code (RFC 3396), a Pad ends a run and End stops decoding.
+fn check_runs(opts: &[u8]) -> Result<(), CodecError> {
+    let mut run: Option<(u8, usize)> = None;
+    let mut i = 0;
+    while i < opts.len() {
+        let code = opts[i];
+        if code == 0 || code == 255 {
+            if let Some((c, len)) = run.take() {
+                check_len(c, len)?;
+            }
+            if code == 255 {
+                return Ok(());
+            }
+            i += 1;
+            continue;
+        }
+        let len = usize::from(*opts.get(i + 1).ok_or(CodecError::OptionOverrun { code })?);
+        run = match run {
+            Some((c, l)) if c == code => Some((c, l + len)),
+            other => {
+                if let Some((c, l)) = other {
+                    check_len(c, l)?;
+                }
+                Some((code, len))
+            }
+        };
+        i += 2 + len;
+    }
+    if let Some((c, len)) = run {
+        check_len(c, len)?;
+    }
+    Ok(())
+}
+
 /// Rejects lengths on which dhcproto 0.15 would trip a debug assertion or underflow.
-/// Only called for options with a non-zero total length.
+/// Called for every option present, with its total length.
 fn check_len(code: u8, len: usize) -> Result<(), CodecError> {
     let ok = match code {
         // Rapid commit carries no value.
-        80 => false,
+        80 => len == 0,
         81 => len >= 3,
         94 => len == 3,
         151 => len >= 1,
@@ -209,18 +244,8 @@ pub fn decode(bytes: &[u8]) -> Result<Request, CodecError> {
         return Err(CodecError::NoMagic);
     }
     let mut raw = RawOpts::default();
-    // Total length per code: dhcproto concatenates repeated options (RFC 3396) before decoding.
-    let mut lens = [0usize; 256];
-    walk_options(&bytes[OPTIONS_START..], |code, val| {
-        lens[usize::from(code)] += val.len();
-        raw.take(code, val);
-    })?;
-    for (code, &len) in lens.iter().enumerate() {
-        let code = u8::try_from(code).expect("invariant: 256 entries");
-        if len > 0 {
-            check_len(code, len)?;
-        }
-    }
+    walk_options(&bytes[OPTIONS_START..], |code, val| raw.take(code, val))?;
+    check_runs(&bytes[OPTIONS_START..])?;
     let msg = v4::Message::from_bytes(bytes).map_err(|err| CodecError::Decode { err })?;
     if msg.opcode() != v4::Opcode::BootRequest {
         return Err(CodecError::NotRequest);
@@ -422,6 +447,17 @@ mod tests {
         assert!(matches!(
             decode(&rapid),
             Err(CodecError::OptionLength { code: 80, .. })
+        ));
+        let blq = discover([1; 6], &[(152, &[])]);
+        assert!(matches!(
+            decode(&blq),
+            Err(CodecError::OptionLength { code: 152, .. })
+        ));
+        // A valid option 81 followed, not consecutively, by an empty one (fuzzer find).
+        let fqdn2 = discover([1; 6], &[(81, &[0, 0, 0]), (12, b"h"), (81, &[])]);
+        assert!(matches!(
+            decode(&fqdn2),
+            Err(CodecError::OptionLength { code: 81, .. })
         ));
         let mut overrun = discover([1; 6], &[]);
         overrun.pop();

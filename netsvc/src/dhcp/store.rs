@@ -54,6 +54,15 @@ pub enum SqliteStoreError {
 pub struct SqliteLeaseStore {
     conn: Connection,
     path: Utf8PathBuf,
+    stop_checkpointer: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+}
+
+impl Drop for SqliteLeaseStore {
+    fn drop(&mut self) {
+        if let Some(stop) = &self.stop_checkpointer {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 impl SqliteLeaseStore {
@@ -87,7 +96,48 @@ impl SqliteLeaseStore {
         Ok(SqliteLeaseStore {
             conn,
             path: path.to_owned(),
+            stop_checkpointer: None,
         })
+    }
+
+    /// Moves checkpointing off the write path: this connection no longer checkpoints the WAL
+    /// on commit, and a background thread with its own connection runs passive checkpoints
+    /// (which never block the writer) until `self` is dropped. Commits still fsync the WAL.
+    pub fn checkpoint_in_background(&mut self) -> Result<(), SqliteStoreError> {
+        self.conn
+            .pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(|err| self.query_err("disable autocheckpoint", err))?;
+        let conn = Connection::open(&self.path).map_err(|err| SqliteStoreError::Open {
+            path: self.path.clone(),
+            err,
+        })?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        self.stop_checkpointer = Some(stop.clone());
+        let path = self.path.clone();
+        let spawned = std::thread::Builder::new()
+            .name("dhcp-checkpoint".into())
+            .spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                    if let Err(err) =
+                        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        let err = SqliteStoreError::Query {
+                            path: path.clone(),
+                            op: "checkpoint",
+                            err,
+                        };
+                        tracing::warn!(error = %common::ErrorChain(&err), "lease checkpoint failed");
+                    }
+                }
+            });
+        if let Err(err) = spawned {
+            tracing::warn!(error = %common::ErrorChain(&err), "no checkpoint thread: checkpointing on commit");
+            self.conn
+                .pragma_update(None, "wal_autocheckpoint", 1000)
+                .map_err(|err| self.query_err("enable autocheckpoint", err))?;
+        }
+        Ok(())
     }
 
     /// Number of leases live at `now` (seconds since the epoch).
@@ -314,7 +364,9 @@ mod tests {
     async fn group_commit_persists_concurrent_writes() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = Utf8PathBuf::from_path_buf(dir.path().join("l.sqlite")).expect("utf8");
-        let p = Persister::spawn(SqliteLeaseStore::open(&path).expect("open")).expect("spawn");
+        let mut store = SqliteLeaseStore::open(&path).expect("open");
+        store.checkpoint_in_background().expect("checkpointer");
+        let p = Persister::spawn(store).expect("spawn");
         let mut tasks = Vec::new();
         for i in 1..=50u8 {
             let p = p.clone();
