@@ -481,7 +481,9 @@ pub struct RedeployRequest {
 /// One file of an image, as listed in its `manifest.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Artifact {
-    /// File name relative to the image directory (`disk.raw`, `rootfs.tar.zst`).
+    /// File name relative to the image directory (`disk.raw`, `rootfs.tar.zst`); image-builder's
+    /// manifest calls it `name`.
+    #[serde(alias = "name")]
     pub path: String,
     /// Lowercase hex SHA-256 of the file.
     pub sha256: String,

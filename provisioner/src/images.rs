@@ -7,8 +7,8 @@
 //!
 //! The manifest format accepted (unknown keys are ignored, so image-builder may add more):
 //! ```json
-//! { "name": "debian-bookworm-server",
-//!   "artifacts": [ { "path": "disk.raw", "sha256": "<64 hex>", "size": 2147483648 } ] }
+//! { "template": "debian-bookworm-server",
+//!   "artifacts": [ { "name": "disk.raw", "sha256": "<64 hex>", "size": 2147483648 } ] }
 //! ```
 
 use std::fs::{self, File};
@@ -121,9 +121,11 @@ pub enum ImageError {
     },
 }
 
+/// `manifest.json` as image-builder writes it (`template`, artifacts with `name`); the older
+/// `name`/`path` spelling is accepted too.
 #[derive(Deserialize)]
 struct Manifest {
-    #[serde(default)]
+    #[serde(default, alias = "template")]
     name: Option<String>,
     #[serde(default)]
     artifacts: Vec<Artifact>,
@@ -351,18 +353,20 @@ fn copy_verified(src: &Path, dst: &Path, want: &Artifact) -> Result<(), ImageErr
 pub(crate) mod tests {
     use super::*;
 
-    /// Writes an image directory with the given files and a manifest listing them.
+    /// Writes an image directory with the given files and a manifest listing them, spelled as
+    /// image-builder writes it (`template`, artifact `name`).
     pub(crate) fn make_image_dir(dir: &Path, name: &str, files: &[(&str, &[u8])]) {
         fs::create_dir_all(dir).unwrap();
         let mut artifacts = Vec::new();
         for (f, data) in files {
             fs::write(dir.join(f), data).unwrap();
             artifacts.push(serde_json::json!({
-                "path": f, "sha256": hex::encode(Sha256::digest(data)), "size": data.len(),
+                "name": f, "sha256": hex::encode(Sha256::digest(data)), "size": data.len(),
                 "kind": "extra keys are ignored",
             }));
         }
-        let m = serde_json::json!({ "name": name, "artifacts": artifacts, "packages": [] });
+        let m = serde_json::json!({ "template": name, "version": "1", "kind": "disk",
+            "artifacts": artifacts, "packages": [] });
         fs::write(dir.join(MANIFEST), m.to_string()).unwrap();
     }
 
