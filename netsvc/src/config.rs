@@ -235,28 +235,14 @@ fn merge(into: &mut toml::Table, from: toml::Table) {
 
 /// The config file plus its drop-ins, in merge order.
 fn files(main: &Utf8Path) -> Result<Vec<Utf8PathBuf>, ConfigError> {
-    let mut out = vec![main.to_owned()];
-    let dir = Utf8PathBuf::from(format!("{main}.d"));
-    let rd = match std::fs::read_dir(&dir) {
-        Ok(rd) => rd,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(err) => return Err(ConfigError::Read { path: dir, err }),
-    };
-    let mut drop_ins = Vec::new();
-    for entry in rd {
-        let entry = entry.map_err(|err| ConfigError::Read {
-            path: dir.clone(),
-            err,
-        })?;
-        if let Ok(p) = Utf8PathBuf::from_path_buf(entry.path())
-            && p.extension() == Some("toml")
-        {
-            drop_ins.push(p);
-        }
-    }
-    drop_ins.sort();
-    out.extend(drop_ins);
-    Ok(out)
+    let layers = common::config_layers(main.as_std_path()).map_err(|e| ConfigError::Read {
+        path: Utf8PathBuf::from(format!("{main}.d")),
+        err: e.err,
+    })?;
+    Ok(layers
+        .into_iter()
+        .filter_map(|p| Utf8PathBuf::from_path_buf(p).ok())
+        .collect())
 }
 
 /// Merged wire config with the origin of every key.

@@ -93,25 +93,16 @@ impl WireConfig {
 
     /// Reads `path`, then every `*.toml` in `<path>.d/` in lexical order (later wins).
     pub fn load(path: &Utf8Path) -> Result<WireConfig, ConfigError> {
-        let mut cfg = WireConfig::parse(path)?;
-        let dropin_dir = Utf8PathBuf::from(format!("{path}.d"));
-        let mut dropins = match std::fs::read_dir(&dropin_dir) {
-            Ok(entries) => entries
-                .filter_map(Result::ok)
-                .filter_map(|e| Utf8PathBuf::from_path_buf(e.path()).ok())
-                .filter(|p| p.extension() == Some("toml"))
-                .collect::<Vec<_>>(),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(err) => {
-                return Err(ConfigError::Read {
-                    path: dropin_dir,
-                    err,
-                });
-            }
-        };
-        dropins.sort();
-        for d in dropins {
-            cfg = cfg.merge(WireConfig::parse(&d)?);
+        let layers = common::config_layers(path.as_std_path()).map_err(|e| ConfigError::Read {
+            path: Utf8PathBuf::from(format!("{path}.d")),
+            err: e.err,
+        })?;
+        let mut cfg = WireConfig::default();
+        for layer in layers
+            .into_iter()
+            .filter_map(|p| Utf8PathBuf::from_path_buf(p).ok())
+        {
+            cfg = cfg.merge(WireConfig::parse(&layer)?);
         }
         Ok(cfg)
     }

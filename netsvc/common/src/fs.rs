@@ -56,3 +56,67 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).expect("list").count(), 1);
     }
 }
+
+/// The drop-in directory of a config file could not be listed.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to list config drop-ins in `{}`", dir.display())]
+pub struct DropInError {
+    /// The drop-in directory (`<file>.d`).
+    pub dir: std::path::PathBuf,
+    /// Why.
+    #[source]
+    pub err: std::io::Error,
+}
+
+/// The layers of a daemon's configuration in merge order: `main` itself, then every `*.toml` in
+/// `<main>.d/` in lexical order (later layers win). A missing drop-in directory is no error.
+pub fn config_layers(main: &Path) -> Result<Vec<std::path::PathBuf>, DropInError> {
+    let mut dir = main.as_os_str().to_owned();
+    dir.push(".d");
+    let dir = std::path::PathBuf::from(dir);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(vec![main.to_owned()]);
+        }
+        Err(err) => return Err(DropInError { dir, err }),
+    };
+    let mut drop_ins = Vec::new();
+    for entry in entries {
+        let path = entry
+            .map_err(|err| DropInError {
+                dir: dir.clone(),
+                err,
+            })?
+            .path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            drop_ins.push(path);
+        }
+    }
+    drop_ins.sort();
+    Ok(std::iter::once(main.to_owned()).chain(drop_ins).collect())
+}
+
+#[cfg(test)]
+mod layer_tests {
+    use super::*;
+
+    #[test]
+    fn main_then_sorted_toml_drop_ins() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let main = dir.path().join("app.toml");
+        assert_eq!(
+            config_layers(&main).expect("no drop-ins"),
+            vec![main.clone()]
+        );
+        let d = dir.path().join("app.toml.d");
+        std::fs::create_dir(&d).expect("mkdir");
+        for f in ["20-b.toml", "10-a.toml", "notes.txt"] {
+            std::fs::write(d.join(f), "").expect("write");
+        }
+        assert_eq!(
+            config_layers(&main).expect("layers"),
+            vec![main, d.join("10-a.toml"), d.join("20-b.toml")]
+        );
+    }
+}

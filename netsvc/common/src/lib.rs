@@ -15,7 +15,7 @@ mod fs;
 
 pub use cmd::{CommandError, CommandOutput, run_cmd, run_cmd_async};
 pub use daemon::{init_tracing, shutdown_token, wait_for};
-pub use fs::write_atomic;
+pub use fs::{DropInError, config_layers, write_atomic};
 
 use std::error::Error;
 use std::fmt;
