@@ -97,10 +97,20 @@ impl Server {
                     err,
                 }
             })?;
-            let socket = open(iface, ifindex).map_err(|err| RaError::Socket {
-                iface: iface.clone(),
-                err,
-            })?;
+            let socket = match open(iface, ifindex) {
+                Ok(s) => s,
+                // A kernel without IPv6 (ipv6.disable=1): nothing to advertise, DHCP goes on.
+                Err(err) if err.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
+                    warn!(iface = %iface, error = %err, "no IPv6: router advertisements off");
+                    continue;
+                }
+                Err(err) => {
+                    return Err(RaError::Socket {
+                        iface: iface.clone(),
+                        err,
+                    });
+                }
+            };
             let prefix = cfg.prefix.unwrap_or_else(|| default_prefix(iface));
             let source_mac = std::fs::read_to_string(format!("/sys/class/net/{iface}/address"))
                 .ok()
