@@ -126,14 +126,17 @@ fn dora(sock: &UdpSocket, mac: u8) -> anyhow::Result<Option<Ipv4Addr>> {
     Ok(Some(ack.yiaddr()))
 }
 
-fn server_config(state: &str, iface: &str, extra: &str) -> String {
-    format!(
-        "state_dir = \"{state}\"\n[dhcp]\ninterfaces = [\"{iface}\"]\nrouter_advertisements = false\n{extra}"
-    )
+/// A link whose client side has [`CLIENT_IP`], and `netsvc` serving its server side with the
+/// `[dhcp]` keys and tables in `extra` (router advertisements off: IPv6 is off on the link).
+struct Rig {
+    // Fields drop in order: the server stops before its namespaces go.
+    srv: Netsvc,
+    link: Link,
+    _state: tempfile::TempDir,
+    _config: tempfile::TempDir,
 }
 
-#[tokio::test]
-async fn release_frees_decline_quarantines_inform_answers() -> anyhow::Result<()> {
+async fn rig(extra: &str) -> anyhow::Result<Rig> {
     let link = Link::new()?;
     sh(&[
         "ip",
@@ -146,14 +149,28 @@ async fn release_frees_decline_quarantines_inform_answers() -> anyhow::Result<()
         &link.cli_if,
     ])?;
     let state = tempfile::tempdir()?;
-    let (_dir, cfg) = config_dir(&server_config(
+    let (config, cfg) = config_dir(&format!(
+        "state_dir = \"{}\"\n[dhcp]\ninterfaces = [\"{}\"]\nrouter_advertisements = false\n{extra}",
         state.path().to_str().context("utf8")?,
-        &link.srv_if,
+        link.srv_if
+    ))?;
+    let srv = Netsvc::start(Some(&link.srv), &["--config", &cfg]).await?;
+    Ok(Rig {
+        srv,
+        link,
+        _state: state,
+        _config: config,
+    })
+}
+
+#[tokio::test]
+async fn release_frees_decline_quarantines_inform_answers() -> anyhow::Result<()> {
+    let Rig { link, srv, .. } = &rig(
         "decline_quarantine_secs = 3600\n[[dhcp.subnet]]\nnet = \"10.61.1.0/24\"\n\
          pools = [\"10.61.1.100-10.61.1.100\"]\nrouters = [\"10.61.1.1\"]\n\
          dns_servers = [\"10.61.1.3\"]\ndomain = \"rack.test\"\n",
-    ))?;
-    let srv = Netsvc::start(Some(&link.srv), &["--config", &cfg]).await?;
+    )
+    .await?;
 
     let outcome = in_ns(&link.cli, &link.cli_if, |sock| {
         // A holds the only address; B gets nothing.
@@ -216,24 +233,7 @@ async fn release_frees_decline_quarantines_inform_answers() -> anyhow::Result<()
 
 #[tokio::test]
 async fn proxy_dhcp_gives_boot_info_without_address_on_67_and_4011() -> anyhow::Result<()> {
-    let link = Link::new()?;
-    sh(&[
-        "ip",
-        "-n",
-        &link.cli,
-        "addr",
-        "add",
-        &format!("{CLIENT_IP}/24"),
-        "dev",
-        &link.cli_if,
-    ])?;
-    let state = tempfile::tempdir()?;
-    let (_dir, cfg) = config_dir(&server_config(
-        state.path().to_str().context("utf8")?,
-        &link.srv_if,
-        "mode = \"proxy\"\n",
-    ))?;
-    let srv = Netsvc::start(Some(&link.srv), &["--config", &cfg]).await?;
+    let Rig { link, srv, .. } = &rig("mode = \"proxy\"\n").await?;
     let pxe = |m: &mut v4::Message| {
         m.opts_mut().insert(DhcpOption::ClassIdentifier(
             b"PXEClient:Arch:00000:UNDI:002001".to_vec(),
