@@ -97,6 +97,9 @@ pub struct Settings {
     pub boot_dir: Utf8PathBuf,
     /// DHCP server settings; `None` when DHCP is disabled.
     pub dhcp: Option<dhcp::Config>,
+    /// IPv6 router advertisements on the DHCP interfaces; `None` when DHCP is disabled, serves
+    /// no interface, or `dhcp.router_advertisements = false`.
+    pub ra: Option<crate::ra::Config>,
     /// TFTP server settings; `None` when TFTP is off. It runs when `[tftp]` is present or DHCP
     /// is enabled (PXE firmware fetches iPXE over TFTP).
     pub tftp: Option<crate::tftp::Config>,
@@ -149,6 +152,9 @@ mod wire {
         pub(super) http_boot_file: Option<String>,
         pub(super) subnet: Option<Vec<Subnet>>,
         pub(super) reservation: Option<Vec<Reservation>>,
+        pub(super) router_advertisements: Option<bool>,
+        pub(super) ra_prefix: Option<String>,
+        pub(super) ra_interval_secs: Option<u64>,
     }
 
     #[derive(Debug, Default, Deserialize)]
@@ -647,9 +653,35 @@ impl TryFrom<(Merged, &Args)> for Settings {
         {
             cfg.http_port = h.listen.port();
         }
+        let ra = if enabled && d.router_advertisements.unwrap_or(true) && !cfg.interfaces.is_empty()
+        {
+            let prefix = match &d.ra_prefix {
+                None => None,
+                Some(p) => {
+                    let net: ipnet::Ipv6Net = p.parse().map_err(|_| {
+                        invalid("dhcp.ra_prefix", format!("`{p}` is not an IPv6 prefix"))
+                    })?;
+                    if net.prefix_len() != 64 {
+                        return Err(invalid(
+                            "dhcp.ra_prefix",
+                            "must be a /64 (address autoconfiguration)".into(),
+                        ));
+                    }
+                    Some(net.trunc())
+                }
+            };
+            Some(crate::ra::Config {
+                interfaces: cfg.interfaces.clone(),
+                prefix,
+                interval: secs("dhcp.ra_interval_secs", d.ra_interval_secs, 30)?,
+            })
+        } else {
+            None
+        };
         Ok(Settings {
             state_dir,
             boot_dir,
+            ra,
             dhcp: enabled.then_some(cfg),
             tftp_iface: tftp
                 .as_ref()
@@ -703,6 +735,10 @@ mod tests {
         assert_eq!(d.subnets.len(), 1);
         assert_eq!(d.reservations.len(), 1);
         assert_eq!(d.subnets[0].pools.len(), 1);
+        let ra = s.ra.expect("router advertisements on by default");
+        assert_eq!(ra.interfaces, d.interfaces);
+        assert_eq!(ra.prefix, None);
+        assert_eq!(ra.interval, Duration::from_secs(30));
         assert_eq!(s.tftp.expect("tftp section").max_windowsize, 64);
         assert!(s.http.expect("http section").default_boot.kernel.is_some());
         assert_eq!(
@@ -729,6 +765,56 @@ mod tests {
             "[dhcp]\ninterfaces=[\"x\"]\n[[dhcp.subnet]]\nnet=\"10.61.0.0/24\"\n[[dhcp.reservation]]\nmac=\"52:54:00:00:00:01\"\nip=\"10.62.0.5\"\n",
         );
         assert!(e.contains("dhcp.reservation[0].ip"), "{e}");
+    }
+
+    #[test]
+    fn router_advertisements() {
+        let base = "[dhcp]\ninterfaces = [\"x\"]\n[[dhcp.subnet]]\nnet = \"10.61.0.0/24\"\n";
+        let s = Settings::from_toml(base, "t.toml").expect("valid");
+        assert_eq!(
+            s.ra.expect("on by default").interfaces,
+            vec!["x".to_owned()]
+        );
+        let s = Settings::from_toml(&format!("{base}[dhcp]\n"), "t.toml");
+        assert!(s.is_err(), "duplicate table");
+        let off = base.replace(
+            "[[dhcp.subnet]]",
+            "router_advertisements = false\n[[dhcp.subnet]]",
+        );
+        assert!(
+            Settings::from_toml(&off, "t.toml")
+                .expect("valid")
+                .ra
+                .is_none()
+        );
+        let p = base.replace(
+            "[[dhcp.subnet]]",
+            "ra_prefix = \"fd00:65::1/64\"\nra_interval_secs = 5\n[[dhcp.subnet]]",
+        );
+        let ra = Settings::from_toml(&p, "t.toml")
+            .expect("valid")
+            .ra
+            .expect("on");
+        assert_eq!(ra.prefix, Some("fd00:65::/64".parse().expect("net")));
+        assert_eq!(ra.interval, Duration::from_secs(5));
+        let bad = base.replace(
+            "[[dhcp.subnet]]",
+            "ra_prefix = \"fd00:65::/48\"\n[[dhcp.subnet]]",
+        );
+        assert!(
+            err(&bad).contains("`dhcp.ra_prefix` in `t.toml`"),
+            "{}",
+            err(&bad)
+        );
+        let bad = base.replace("[[dhcp.subnet]]", "ra_prefix = \"nope\"\n[[dhcp.subnet]]");
+        assert!(err(&bad).contains("dhcp.ra_prefix"), "{}", err(&bad));
+        // No DHCP, no advertisements.
+        assert!(
+            Settings::from_toml("", "t.toml")
+                .expect("valid")
+                .ra
+                .is_none()
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //!
 //! - [`dhcp`]: the DHCPv4 server ([`dhcp::Server`], [`dhcp::DhcpHooks`], leases in
 //!   [`dhcp::SqliteLeaseStore`]).
+//! - [`ra`]: IPv6 router advertisements on the DHCP interfaces, so iPXE does not wait for one.
 //! - [`config`]: flags, the TOML file and drop-ins → validated [`config::Settings`].
 //! - [`run`]: what the `netsvc` binary does with those settings.
 #![warn(clippy::print_stdout)]
@@ -16,6 +17,7 @@ pub mod config;
 pub mod dhcp;
 pub mod dns;
 pub mod http;
+pub mod ra;
 pub mod tftp;
 mod types;
 
@@ -68,6 +70,13 @@ pub enum RunError {
         iface: String,
         /// Which server.
         proto: &'static str,
+    },
+    /// The router advertisement server did not start.
+    #[error("failed to start the IPv6 router advertisement server")]
+    Ra {
+        /// Why.
+        #[source]
+        err: ra::RaError,
     },
     /// The DNS server did not start.
     #[error("failed to start the DNS server")]
@@ -213,7 +222,22 @@ pub async fn run(settings: config::Settings, shutdown: CancellationToken) -> Res
         }
         dhcp_handle = Some(handle);
     }
+    let ra_handle = match settings.ra.clone() {
+        Some(cfg) => Some(
+            ra::Server::start(cfg)
+                .await
+                .map_err(|err| RunError::Ra { err })?,
+        ),
+        None => None,
+    };
+    // Every socket is bound: tell systemd (Type=notify); a no-op without NOTIFY_SOCKET.
+    if let Err(err) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %common::ErrorChain(&err), "systemd readiness notification failed");
+    }
     shutdown.cancelled().await;
+    if let Some(h) = ra_handle {
+        h.shutdown().await;
+    }
     if let Some(h) = dhcp_handle {
         h.shutdown().await;
     }

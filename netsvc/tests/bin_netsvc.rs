@@ -111,3 +111,41 @@ async fn serves_relayed_discover_on_loopback_and_drains_on_sigterm() -> anyhow::
     assert_eq!(srv.term()?, Some(0), "log:\n{}", srv.log());
     Ok(())
 }
+
+#[test]
+fn notifies_systemd_ready_after_binding() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let notify = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&notify)?;
+    sock.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let dirs = dir.path().to_str().context("utf8")?;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_netsvc"))
+        .args([
+            "--interface",
+            "lo",
+            "--listen",
+            "127.0.0.1:0",
+            "--dhcp-range",
+            "127.61.251.10-127.61.251.20",
+            "--state-dir",
+            dirs,
+            "--boot-dir",
+            dirs,
+            "--tftp-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .env("NOTIFY_SOCKET", &notify)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let mut buf = [0u8; 256];
+    let got = sock.recv(&mut buf);
+    let _ = child.kill();
+    let _ = child.wait();
+    let n = got.context("no sd_notify message")?;
+    let msg = String::from_utf8_lossy(&buf[..n]);
+    assert!(msg.lines().any(|l| l == "READY=1"), "{msg:?}");
+    Ok(())
+}

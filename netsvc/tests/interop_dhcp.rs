@@ -541,3 +541,81 @@ async fn kill9_restart_reuses_no_live_address() -> anyhow::Result<()> {
     assert_eq!(after.len(), before.len() + 60);
     Ok(())
 }
+
+#[tokio::test]
+async fn dhclient_release_frees_the_address() -> anyhow::Result<()> {
+    let link = Link::new()?;
+    let state = tempfile::tempdir()?;
+    // A pool of one address: the second client gets it only once the first released it.
+    let (dir, cfg) = config_dir(&config(&link, state.path().to_str().context("utf8")?, 100))?;
+    let srv = Netsvc::start(Some(&link.srv), &["--config", &cfg]).await?;
+    let env = dhclient(&link, dir.path(), DHCLIENT_CONF).await?;
+    ensure!(
+        env.get("new_ip_address").map(String::as_str) == Some("10.61.1.100"),
+        "{env:?}"
+    );
+    let lf = dir.path().join("dhclient.leases");
+    let written = common::wait_for(Duration::from_secs(5), || {
+        let text = std::fs::read_to_string(&lf).unwrap_or_default();
+        async move { text.contains("fixed-address 10.61.1.100").then_some(()) }
+    })
+    .await;
+    ensure!(written.is_some(), "dhclient wrote no lease");
+    // What dhclient's stock script does on BOUND: RELEASE is unicast from the leased address.
+    sh(&[
+        "ip",
+        "-n",
+        &link.cli,
+        "addr",
+        "add",
+        "10.61.1.100/24",
+        "dev",
+        &link.cli_if,
+    ])?;
+    let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    let mut c = Link::cmd(
+        &link.cli,
+        &[
+            "dhclient",
+            "-r",
+            "-cf",
+            &path("dhclient.conf"),
+            "-sf",
+            &path("hook.sh"),
+            "-lf",
+            &path("dhclient.leases"),
+            "-pf",
+            &path("dhclient.pid"),
+            &link.cli_if,
+        ],
+    );
+    common::run_cmd(&mut c)?;
+    let released = common::wait_for(Duration::from_secs(5), || {
+        let log = srv.log();
+        async move { log.contains("\"state\":\"released\"").then_some(()) }
+    })
+    .await;
+    ensure!(
+        released.is_some(),
+        "the lease did not end as released; log:\n{}",
+        srv.log()
+    );
+    sh(&["ip", "-n", &link.cli, "addr", "flush", "dev", &link.cli_if])?;
+    sh(&[
+        "ip",
+        "-n",
+        &link.cli,
+        "link",
+        "set",
+        &link.cli_if,
+        "address",
+        "52:54:00:65:00:42",
+    ])?;
+    let env = dhclient(&link, dir.path(), DHCLIENT_CONF).await?;
+    ensure!(
+        env.get("new_ip_address").map(String::as_str) == Some("10.61.1.100"),
+        "released address not handed to the next client: {env:?}\n{}",
+        srv.log()
+    );
+    Ok(())
+}
