@@ -1,5 +1,6 @@
 //! Component tests: the HTTP boot server in-process on 127.0.0.1, `curl` as the client.
 
+use rack_tests::pseudo_random;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -33,18 +34,6 @@ impl BootScripts for Inventory {
             }
         })
     }
-}
-
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x.to_le_bytes()[0]
-        })
-        .collect()
 }
 
 struct Fixture {

@@ -2,6 +2,7 @@
 //! real ports, stock clients (`curl`, tftp-hpa's `tftp`, `atftp`) run in a client namespace
 //! joined to it by a veth pair.
 
+use rack_tests::pseudo_random;
 use std::any::Any;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -170,18 +171,6 @@ impl Drop for InNetns {
             let _ = t.join();
         }
     }
-}
-
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x.to_le_bytes()[0]
-        })
-        .collect()
 }
 
 struct Files {

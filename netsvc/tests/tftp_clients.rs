@@ -1,6 +1,7 @@
 //! Component tests: the TFTP server in-process on 127.0.0.1, real client programs
 //! (tftp-hpa's `tftp`, `curl`, `atftp`).
 
+use rack_tests::pseudo_random;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroUsize;
 use std::sync::Arc;
@@ -11,18 +12,6 @@ use camino::{Utf8Path, Utf8PathBuf};
 use common::run_cmd_async;
 use netsvc::tftp::{Config, HostFiles, Server, ServerHandle, TftpDeps};
 use tokio::process::Command;
-
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x.to_le_bytes()[0]
-        })
-        .collect()
-}
 
 struct Fixture {
     _tmp: tempfile::TempDir,

@@ -47,3 +47,17 @@ pub fn workspace_bin(name: &str) -> anyhow::Result<PathBuf> {
     );
     Ok(bin)
 }
+
+/// `len` deterministic pseudo-random bytes (xorshift from `seed`): test payloads whose
+/// corruption a checksum or comparison would catch.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()[0]
+        })
+        .collect()
+}
