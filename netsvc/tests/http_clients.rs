@@ -9,30 +9,35 @@ use camino::{Utf8Path, Utf8PathBuf};
 use common::run_cmd_async;
 use netsvc::MacAddr;
 use netsvc::http::{
-    BootScripts, Config, DefaultBoot, HttpDeps, ScriptChoice, Server, ServerHandle,
+    BootScripts, ChooseError, Config, DefaultBoot, HttpDeps, ScriptChoice, Server, ServerHandle,
 };
 use tokio::process::Command;
 
 const KNOWN: MacAddr = MacAddr([0x52, 0x54, 0x00, 0x62, 0x00, 0x01]);
 const DEPLOYING: MacAddr = MacAddr([0x52, 0x54, 0x00, 0x62, 0x00, 0x02]);
+const BROKEN: MacAddr = MacAddr([0x52, 0x54, 0x00, 0x62, 0x00, 0x03]);
 
 struct Inventory;
+#[async_trait::async_trait]
 impl BootScripts for Inventory {
-    fn script_for(&self, mac: MacAddr) -> Option<ScriptChoice> {
+    async fn script_for(&self, mac: MacAddr) -> Result<Option<ScriptChoice>, ChooseError> {
         if mac == KNOWN {
-            return Some(ScriptChoice {
+            return Ok(Some(ScriptChoice {
                 template: "local".into(),
                 vars: serde_json::Map::new(),
-            });
+            }));
         }
-        (mac == DEPLOYING).then(|| {
+        if mac == BROKEN {
+            return Err("inventory unreachable".into());
+        }
+        Ok((mac == DEPLOYING).then(|| {
             let mut vars = serde_json::Map::new();
             vars.insert("token".into(), "a&b<c>".into());
             ScriptChoice {
                 template: "deploy".into(),
                 vars,
             }
-        })
+        }))
     }
 }
 
@@ -143,6 +148,11 @@ async fn boot_scripts_by_mac() -> Result<()> {
         body == "#!ipxe\nchain /api/deploy?mac=52-54-00-62-00-02&token=a&b<c>\n",
         "{body}"
     );
+
+    // A chooser that fails gives a generic 500 (iPXE retries), never the default script.
+    let (status, _, body) = curl(addr, &format!("/boot/{BROKEN}.ipxe"), &[]).await?;
+    ensure!(status == 500, "{status}");
+    ensure!(body == b"internal server error\n", "{body:?}");
 
     for bad in ["/boot/nonsense.ipxe", "/boot/52-54-00-aa-bb-cc.txt"] {
         let (status, _, _) = curl(addr, bad, &[]).await?;

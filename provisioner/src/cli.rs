@@ -15,7 +15,7 @@ use crate::api::{
     ImageName, ImportImageRequest, MacAddr, NewRule, RedeployRequest, Rule, RuleId, RuleMatch,
 };
 use crate::client::{Client, ClientError};
-use crate::config::{ConfigError, Settings, WireConfig};
+use crate::config::{ConfigError, NetOverrides, Settings, WireConfig};
 use crate::secret::Secret;
 
 /// Exit status: success.
@@ -219,6 +219,16 @@ pub struct ServeArgs {
     /// Override `state_dir`.
     #[arg(long)]
     pub state_dir: Option<Utf8PathBuf>,
+    /// Serve the rack network services (DHCP, TFTP, HTTP boot, DNS when configured) on this
+    /// interface (repeatable); adds to the netsvc config's `dhcp.interfaces`.
+    #[arg(long = "interface", value_name = "IF")]
+    pub interfaces: Vec<String>,
+    /// DHCP dynamic range `START-END` on the first interface's subnet.
+    #[arg(long, value_name = "START-END", requires = "interfaces")]
+    pub dhcp_range: Option<String>,
+    /// Override `ramdisk_dir`.
+    #[arg(long, value_name = "DIR")]
+    pub ramdisk_dir: Option<Utf8PathBuf>,
 }
 
 impl ServeArgs {
@@ -227,9 +237,14 @@ impl ServeArgs {
         let overrides = WireConfig {
             listen: self.listen,
             state_dir: self.state_dir.clone(),
-            token_file: None,
+            ramdisk_dir: self.ramdisk_dir.clone(),
+            ..WireConfig::default()
         };
-        Settings::load(self.config.as_deref(), overrides)
+        let net = NetOverrides {
+            interfaces: self.interfaces.clone(),
+            dhcp_range: self.dhcp_range.clone(),
+        };
+        Settings::load_with_net(self.config.as_deref(), overrides, &net)
     }
 }
 

@@ -8,6 +8,15 @@
 //! state_dir = "/var/lib/provisioner"
 //! # The admin API token (created at first start, mode 0600). Default <state_dir>/admin-token.
 //! token_file = "/var/lib/provisioner/admin-token"
+//! # The rack network services (DHCP, TFTP, HTTP boot, DNS) as a netsvc config file. Default:
+//! # none; `--interface` alone also enables them.
+//! netsvc_config = "/etc/provisioner/netsvc.toml"
+//! # The deploy ramdisk (image-builder's deploy-ramdisk output). Default <state_dir>/ramdisk.
+//! ramdisk_dir = "/var/lib/provisioner/ramdisk"
+//! # URL machines reach the control node at. Default http://<HTTP boot server address>.
+//! public_url = "http://10.61.0.1"
+//! # Kernel arguments of the deploy ramdisk. Default "console=ttyS0 quiet panic=10".
+//! ramdisk_cmdline = "console=ttyS0 quiet panic=10"
 //! ```
 
 use std::net::SocketAddr;
@@ -33,6 +42,13 @@ pub enum ConfigError {
         /// Cause.
         #[source]
         err: std::io::Error,
+    },
+    /// The embedded network services' configuration is invalid.
+    #[error("invalid network services configuration")]
+    Netsvc {
+        /// Cause (names the file and key).
+        #[source]
+        err: netsvc::config::ConfigError,
     },
     /// The file is not valid TOML for this schema (unknown key, wrong type...).
     #[error("invalid config file `{path}`")]
@@ -68,6 +84,18 @@ pub struct WireConfig {
     /// See [`Settings::token_file`].
     #[serde(default)]
     pub token_file: Option<Utf8PathBuf>,
+    /// A netsvc config file: enables the embedded rack network services.
+    #[serde(default)]
+    pub netsvc_config: Option<Utf8PathBuf>,
+    /// See [`BootSettings::ramdisk_dir`].
+    #[serde(default)]
+    pub ramdisk_dir: Option<Utf8PathBuf>,
+    /// See [`BootSettings::public_url`].
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// See [`BootSettings::ramdisk_cmdline`].
+    #[serde(default)]
+    pub ramdisk_cmdline: Option<String>,
 }
 
 impl WireConfig {
@@ -77,6 +105,10 @@ impl WireConfig {
             listen: other.listen.or(self.listen),
             state_dir: other.state_dir.or(self.state_dir),
             token_file: other.token_file.or(self.token_file),
+            netsvc_config: other.netsvc_config.or(self.netsvc_config),
+            ramdisk_dir: other.ramdisk_dir.or(self.ramdisk_dir),
+            public_url: other.public_url.or(self.public_url),
+            ramdisk_cmdline: other.ramdisk_cmdline.or(self.ramdisk_cmdline),
         }
     }
 
@@ -109,7 +141,7 @@ impl WireConfig {
 }
 
 /// Validated daemon settings; the only configuration type that passes beyond `main`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Settings {
     /// Address of the REST API.
     pub listen: SocketAddr,
@@ -117,7 +149,37 @@ pub struct Settings {
     pub state_dir: Utf8PathBuf,
     /// The admin API token file (mode 0600).
     pub token_file: Utf8PathBuf,
+    /// The embedded rack network services, when enabled.
+    pub boot: Option<BootSettings>,
 }
+
+/// The embedded rack network services and what they boot.
+#[derive(Debug, Clone)]
+pub struct BootSettings {
+    /// DHCP, TFTP, HTTP boot and DNS, validated by netsvc. The HTTP boot server also carries
+    /// the REST API, the image store (`/images/`) and the deploy ramdisk (`/ramdisk/`).
+    pub netsvc: netsvc::config::Settings,
+    /// Holds `vmlinuz` and `initrd.img` of the deploy ramdisk.
+    pub ramdisk_dir: Utf8PathBuf,
+    /// Base URL (no trailing slash) that imagers and installed hosts use; `None`: the HTTP boot
+    /// server's own address.
+    pub public_url: Option<String>,
+    /// Kernel arguments of the deploy ramdisk, before the `provisioner.*` ones.
+    pub ramdisk_cmdline: String,
+}
+
+/// The rack network services requested on the command line (`provisioner serve --interface`).
+#[derive(Debug, Clone, Default)]
+pub struct NetOverrides {
+    /// DHCP interfaces (enables the services even without `netsvc_config`).
+    pub interfaces: Vec<String>,
+    /// Dynamic range `START-END` on the first interface's subnet.
+    pub dhcp_range: Option<String>,
+}
+
+/// Default kernel arguments of the deploy ramdisk: serial console, no kernel chatter (the
+/// command line carries a secret), reboot 10 s after a panic.
+pub const DEFAULT_RAMDISK_CMDLINE: &str = "console=ttyS0 quiet panic=10";
 
 impl Settings {
     /// The inventory database.
@@ -132,14 +194,27 @@ impl Settings {
 
     /// Loads `path` (and its drop-ins) if given, applies `overrides`, and validates.
     pub fn load(path: Option<&Utf8Path>, overrides: WireConfig) -> Result<Settings, ConfigError> {
+        Settings::load_with_net(path, overrides, &NetOverrides::default())
+    }
+
+    /// [`Settings::load`], plus the network services asked for on the command line.
+    pub fn load_with_net(
+        path: Option<&Utf8Path>,
+        overrides: WireConfig,
+        net: &NetOverrides,
+    ) -> Result<Settings, ConfigError> {
         let (base, source_name) = match path {
             Some(p) => (WireConfig::load(p)?, format!("`{p}`")),
             None => (WireConfig::default(), "built-in defaults".to_owned()),
         };
-        Settings::from_wire(base.merge(overrides), &source_name)
+        Settings::from_wire(base.merge(overrides), &source_name, net)
     }
 
-    fn from_wire(w: WireConfig, source_name: &str) -> Result<Settings, ConfigError> {
+    fn from_wire(
+        w: WireConfig,
+        source_name: &str,
+        net: &NetOverrides,
+    ) -> Result<Settings, ConfigError> {
         let invalid = |key, problem| ConfigError::Invalid {
             source_name: source_name.to_owned(),
             key,
@@ -163,10 +238,58 @@ impl Settings {
         if !token_file.is_absolute() {
             return Err(invalid("token_file", "must be an absolute path"));
         }
+        let boot = if w.netsvc_config.is_some() || !net.interfaces.is_empty() {
+            // Without a netsvc file its state and boot directories live under ours.
+            let own_dirs = w.netsvc_config.is_none();
+            let args = netsvc::config::Args {
+                config: w.netsvc_config.clone(),
+                interfaces: net.interfaces.clone(),
+                dhcp_range: net.dhcp_range.clone(),
+                state_dir: own_dirs.then(|| state_dir.join("netsvc")),
+                boot_dir: own_dirs.then(|| state_dir.join("boot")),
+                ..netsvc::config::Args::default()
+            };
+            let netsvc =
+                netsvc::config::Settings::load(&args).map_err(|err| ConfigError::Netsvc { err })?;
+            if netsvc.http.is_none() {
+                return Err(invalid(
+                    "netsvc_config",
+                    "the network services need the HTTP boot server (iPXE scripts, images)",
+                ));
+            }
+            let ramdisk_dir = w
+                .ramdisk_dir
+                .clone()
+                .unwrap_or_else(|| state_dir.join("ramdisk"));
+            if !ramdisk_dir.is_absolute() {
+                return Err(invalid("ramdisk_dir", "must be an absolute path"));
+            }
+            let public_url = match w.public_url.as_deref().map(|u| u.trim_end_matches('/')) {
+                Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) => {
+                    return Err(invalid("public_url", "must be an http:// or https:// URL"));
+                }
+                Some(u) if u.contains(char::is_whitespace) => {
+                    return Err(invalid("public_url", "must not contain white space"));
+                }
+                u => u.map(str::to_owned),
+            };
+            Some(BootSettings {
+                netsvc,
+                ramdisk_dir,
+                public_url,
+                ramdisk_cmdline: w
+                    .ramdisk_cmdline
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_RAMDISK_CMDLINE.to_owned()),
+            })
+        } else {
+            None
+        };
         Ok(Settings {
             listen,
             state_dir,
             token_file,
+            boot,
         })
     }
 }

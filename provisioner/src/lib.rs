@@ -7,10 +7,13 @@
 //! - [`store`] persists hosts, inventories, images, rules, events and hashed secrets behind the
 //!   [`store::Store`] trait; [`store::SqliteStore`] is the embedded default.
 //! - [`rules`] picks a deployment plan for an inventory (first match wins).
+//! - [`boot`] answers network boots from the inventory ([`boot::ControlBoot`] implements
+//!   netsvc's `BootScripts`); [`server`] embeds netsvc when [`config::Settings::boot`] is set.
 //! - [`secret`] generates and hashes the admin token and per-host one-time secrets.
 #![warn(clippy::print_stdout)]
 
 pub mod api;
+pub mod boot;
 pub mod cli;
 pub mod client;
 pub mod config;

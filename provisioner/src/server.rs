@@ -8,7 +8,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::Settings;
+use std::sync::Arc;
+
+use crate::boot::{ControlBoot, RAMDISK_INITRD, RAMDISK_KERNEL, RAMDISK_PATH};
+use crate::config::{BootSettings, Settings};
 use crate::control::{Control, ControlError};
 use crate::images::ImageStore;
 use crate::secret::{Secret, SecretHash};
@@ -60,6 +63,19 @@ pub enum ServeError {
         /// Cause.
         #[source]
         err: std::io::Error,
+    },
+    /// The embedded rack network services did not start.
+    #[error("failed to start the rack network services")]
+    Netsvc {
+        /// Cause.
+        #[source]
+        err: netsvc::RunError,
+    },
+    /// The HTTP boot server listens on a wildcard address, so machines get no usable URL.
+    #[error("the HTTP boot server listens on {addr}: set `public_url` to the address machines use")]
+    NoPublicUrl {
+        /// The bound address.
+        addr: SocketAddr,
     },
     /// The HTTP server failed.
     #[error("HTTP server on {addr} failed")]
@@ -259,7 +275,8 @@ pub async fn open(settings: &Settings) -> Result<(Deps<SqliteStore>, Option<Secr
 }
 
 /// Runs the daemon until `shutdown` is cancelled. `on_new_token` is called once with the admin
-/// token when it was just created (the CLI prints it).
+/// token when it was just created (the CLI prints it). With [`Settings::boot`] the rack network
+/// services run too, their HTTP boot server carrying the API, images and deploy ramdisk.
 pub async fn serve(
     settings: &Settings,
     shutdown: CancellationToken,
@@ -269,6 +286,8 @@ pub async fn serve(
     if let Some(token) = &new_token {
         on_new_token(token);
     }
+    let control = deps.control.clone();
+    let admin = deps.admin.clone();
     let handle = Server::start(
         Config {
             listen: settings.listen,
@@ -276,7 +295,59 @@ pub async fn serve(
         deps,
     )
     .await?;
-    // Tell systemd (Type=notify) the socket is bound; a no-op outside systemd.
+    let net = match &settings.boot {
+        Some(boot) => Some(start_boot(boot, control, admin, shutdown.child_token()).await?),
+        None => None,
+    };
+    // Tell systemd (Type=notify) every socket is bound; a no-op outside systemd.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    handle.run_until(shutdown).await
+    let result = handle.run_until(shutdown).await;
+    if let Some(net) = net {
+        net.shutdown().await;
+    }
+    result
+}
+
+/// Starts the rack network services with the control node plugged in: iPXE scripts from the
+/// inventory, and the API, image store and deploy ramdisk on the HTTP boot server.
+async fn start_boot<S: Store>(
+    boot: &BootSettings,
+    control: Control<S>,
+    admin: SecretHash,
+    shutdown: CancellationToken,
+) -> Result<netsvc::Services, ServeError> {
+    let scripts = Arc::new(ControlBoot::new(
+        control.clone(),
+        boot.ramdisk_cmdline.clone(),
+    ));
+    let base_url = scripts.base_url_slot();
+    let routes = crate::http::router(control, admin, shutdown).nest_service(
+        RAMDISK_PATH,
+        tower_http::services::ServeDir::new(&boot.ramdisk_dir),
+    );
+    let deps = netsvc::RunDeps {
+        scripts,
+        extra_routes: Some(routes),
+        dhcp_hooks: None,
+    };
+    let services = netsvc::Services::start(boot.netsvc.clone(), deps)
+        .await
+        .map_err(|err| ServeError::Netsvc { err })?;
+    let http = services
+        .http_addr()
+        .expect("invariant: BootSettings always has the HTTP boot server");
+    let url = match &boot.public_url {
+        Some(url) => url.clone(),
+        None if http.ip().is_unspecified() => return Err(ServeError::NoPublicUrl { addr: http }),
+        None => format!("http://{http}"),
+    };
+    for file in [RAMDISK_KERNEL, RAMDISK_INITRD] {
+        let path = boot.ramdisk_dir.join(file);
+        if !path.is_file() {
+            warn!(path = %path, "deploy ramdisk file missing: new hosts cannot be imaged until it is there");
+        }
+    }
+    info!(url = %url, "machines reach the control node here");
+    let _ = base_url.set(url);
+    Ok(services)
 }

@@ -20,6 +20,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_provisioner");
 struct Daemon {
     child: Child,
     addr: String,
+    /// Every `listening` line's (proto, addr), in order; the API's comes first.
+    listening: Vec<(String, String)>,
     /// The admin token, if this start created it.
     new_token: Option<String>,
     /// Output lines (`true` for stdout) not yet read.
@@ -35,9 +37,20 @@ impl Daemon {
     /// admin token it prints at first start; stdout and stderr are separate pipes, so their
     /// lines may arrive in either order).
     fn start(state_dir: &Path, expect_token: bool) -> anyhow::Result<Daemon> {
+        Daemon::start_with(state_dir, expect_token, &[], 1)
+    }
+
+    /// [`Daemon::start`] with more arguments, waiting for `servers` listening lines.
+    fn start_with(
+        state_dir: &Path,
+        expect_token: bool,
+        args: &[&str],
+        servers: usize,
+    ) -> anyhow::Result<Daemon> {
         let mut child = Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--state-dir"])
             .arg(state_dir)
+            .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -59,10 +72,10 @@ impl Daemon {
             }
         });
         let mut new_token = None;
-        let mut addr = None;
+        let mut listening = Vec::new();
         let mut log = Vec::new();
         let mut stdout = Vec::new();
-        while addr.is_none() || (expect_token && new_token.is_none()) {
+        while listening.len() < servers || (expect_token && new_token.is_none()) {
             let (is_stdout, line) = rx
                 .recv_timeout(Duration::from_secs(30))
                 .with_context(|| format!("no listening/token line; log so far: {log:#?}"))?;
@@ -75,13 +88,19 @@ impl Daemon {
             if let Ok(v) = serde_json::from_str::<Value>(&line)
                 && v["message"] == "listening"
             {
-                assert_eq!(v["proto"], "http");
-                addr = Some(v["addr"].as_str().context("addr field")?.to_owned());
+                let proto = v["proto"].as_str().context("proto field")?.to_owned();
+                let addr = v["addr"].as_str().context("addr field")?.to_owned();
+                listening.push((proto, addr));
             }
         }
+        assert_eq!(
+            listening[0].0, "http",
+            "the API listens first: {listening:?}"
+        );
         Ok(Daemon {
             child,
-            addr: addr.expect("invariant: the loop ends once addr is set"),
+            addr: listening[0].1.clone(),
+            listening,
             new_token,
             rx,
             log,
@@ -413,6 +432,150 @@ async fn cli_drives_a_running_daemon_and_state_survives_kill_9() {
     for l in &log {
         assert!(!l.contains(&printed), "admin token in log: {l}");
         assert!(!l.contains(secret.expose()), "imager secret in log: {l}");
+    }
+}
+
+/// The `provisioner.secret=` of an iPXE script's kernel line.
+fn script_secret(script: &str) -> Secret {
+    let s = script
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("provisioner.secret="))
+        .unwrap_or_else(|| panic!("no secret in {script}"));
+    assert_eq!(s.len(), 64, "{s}");
+    Secret::from_plaintext(s)
+}
+
+async fn get_text(url: &str) -> (u16, String) {
+    let r = reqwest::get(url).await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn network_boot_scripts_follow_the_inventory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let token_file = state.join("admin-token");
+    let ramdisk = tmp.path().join("ramdisk");
+    std::fs::create_dir_all(&ramdisk).unwrap();
+    std::fs::write(ramdisk.join("vmlinuz"), "KERNEL").unwrap();
+    std::fs::write(ramdisk.join("initrd.img"), "INITRD").unwrap();
+    let netsvc = tmp.path().join("netsvc.toml");
+    std::fs::write(
+        &netsvc,
+        format!(
+            "state_dir = \"{0}/netsvc\"\nboot_dir = \"{0}/boot\"\n[http]\nlisten = \"127.0.0.1:0\"\n",
+            tmp.path().display()
+        ),
+    )
+    .unwrap();
+    let cfg = tmp.path().join("provisioner.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "netsvc_config = \"{}\"\nramdisk_dir = \"{}\"\n",
+            netsvc.display(),
+            ramdisk.display()
+        ),
+    )
+    .unwrap();
+    let mut daemon =
+        Daemon::start_with(&state, true, &["--config", cfg.to_str().unwrap()], 2).unwrap();
+    let api = daemon.url();
+    let boot = format!("http://{}", daemon.listening[1].1);
+    let mac = MacAddr([0x52, 0x54, 0, 0x65, 0, 1]);
+    let script_url = format!("{boot}/boot/{}.ipxe", mac.hyphenated());
+
+    // An unknown MAC is discovered and gets the deploy ramdisk with a one-time imager secret.
+    let (status, script) = get_text(&script_url).await;
+    assert_eq!(status, 200, "{script}");
+    assert!(
+        script.contains(&format!(
+            "kernel {boot}/ramdisk/vmlinuz initrd=initrd.img console=ttyS0 quiet panic=10 \
+             provisioner.url={boot} provisioner.secret="
+        )),
+        "{script}"
+    );
+    assert!(script.contains(&format!(
+        "initrd --name initrd.img {boot}/ramdisk/initrd.img"
+    )));
+    assert_eq!(
+        get_text(&format!("{boot}/ramdisk/vmlinuz")).await,
+        (200, "KERNEL".into())
+    );
+    let first = script_secret(&script);
+    let hosts = ok_json(&api, &token_file, &["hosts", "list"]);
+    assert_eq!(hosts[0]["state"]["state"], "discovered", "{hosts}");
+
+    // Booting again replaces the secret: the first no longer authenticates.
+    let (_, script) = get_text(&script_url).await;
+    let secret = script_secret(&script);
+    assert_ne!(first.expose(), secret.expose());
+    let stale = Client::new(&boot, Some(first.clone()));
+    let err = stale.machine_plan().await.unwrap_err();
+    assert_eq!(err.status().map(|s| s.as_u16()), Some(401), "{err}");
+
+    // The imager's whole protocol through the HTTP boot server, to `rebooting`: from then on
+    // the host boots its own disk, also once deployed.
+    let imager = Client::new(&boot, Some(secret.clone()));
+    assert!(matches!(
+        imager.machine_plan().await.unwrap(),
+        provisioner::api::MachinePlan::Inventory
+    ));
+    let img = make_image(tmp.path(), "golden");
+    ok_json(
+        &api,
+        &token_file,
+        &["images", "import", img.to_str().unwrap()],
+    );
+    ok_json(&api, &token_file, &["rules", "add", "--image", "golden"]);
+    imager.post_inventory(&inventory(mac)).await.unwrap();
+    let provisioner::api::MachinePlan::Deploy(plan) = imager.machine_plan().await.unwrap() else {
+        panic!("a matched host deploys");
+    };
+    let (status, body) = get_text(&format!("{boot}{}disk.raw", plan.artifact_base)).await;
+    assert_eq!((status, body.len()), (200, 4096));
+    let report = ProgressReport {
+        phase: provisioner::api::DeployPhase::Writing,
+        progress: provisioner::api::Progress {
+            done: 4096,
+            total: 4096,
+        },
+    };
+    imager.report_progress(&report).await.unwrap();
+    imager
+        .report_result(&ImagingResult::Verified)
+        .await
+        .unwrap();
+    imager.report_result(&ImagingResult::Done).await.unwrap();
+    let (_, script) = get_text(&script_url).await;
+    assert!(
+        script.contains("sanboot --no-describe --drive 0x80"),
+        "{script}"
+    );
+    let enrol = Client::new(&boot, Some(Secret::from_plaintext(&plan.enrol_secret)));
+    enrol
+        .enrol(&provisioner::api::EnrolRequest {
+            hostname: "node-sn-7".into(),
+            machine_id: "0123456789abcdef0123456789abcdef".into(),
+        })
+        .await
+        .unwrap();
+    let (_, script) = get_text(&script_url).await;
+    assert!(script.contains("sanboot"), "{script}");
+    let hosts = ok_json(&api, &token_file, &["hosts", "list"]);
+    assert_eq!(hosts[0]["state"]["state"], "deployed", "{hosts}");
+
+    // Secrets never reach the logs.
+    let log = daemon.drain_log();
+    assert!(
+        log.iter().any(|l| l.contains("network boot: local disk")),
+        "{log:#?}"
+    );
+    for l in &log {
+        for s in [&first, &secret] {
+            assert!(!l.contains(s.expose()), "imager secret in log: {l}");
+        }
+        assert!(!l.contains(&plan.enrol_secret), "enrol secret in log: {l}");
     }
 }
 

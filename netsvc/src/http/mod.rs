@@ -20,6 +20,7 @@ mod server;
 pub use config::{Config, DefaultBoot, HttpConfigError, HttpSection};
 pub use files::{RangeReply, parse_range};
 pub use scripts::{
-    BootScripts, DEFAULT_TEMPLATE, DefaultScripts, ScriptChoice, TEMPLATE_SUFFIX, TemplateError,
+    BootScripts, ChooseError, DEFAULT_TEMPLATE, DefaultScripts, ScriptChoice, TEMPLATE_SUFFIX,
+    TemplateError,
 };
 pub use server::{DRAIN_TIMEOUT, HttpDeps, HttpStartError, Server, ServerHandle};

@@ -15,10 +15,14 @@ pub const TEMPLATE_SUFFIX: &str = ".ipxe.hbs";
 pub const DEFAULT_TEMPLATE: &str = "default";
 
 /// Templates compiled into the binary, from `templates/ipxe/`.
-const EMBEDDED: [(&str, &str); 2] = [
+const EMBEDDED: [(&str, &str); 3] = [
     (
         "default",
         include_str!("../../../templates/ipxe/default.ipxe.hbs"),
+    ),
+    (
+        "deploy",
+        include_str!("../../../templates/ipxe/deploy.ipxe.hbs"),
     ),
     (
         "local",
@@ -35,19 +39,28 @@ pub struct ScriptChoice {
     pub vars: Map<String, Value>,
 }
 
+/// Why a [`BootScripts`] implementation could not choose (its inventory is unreachable, say).
+/// The client gets a 500 and iPXE retries; the chain is logged.
+pub type ChooseError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Chooses the boot script of each host; the control node implements it from its inventory.
+#[async_trait::async_trait]
 pub trait BootScripts: Send + Sync + 'static {
-    /// Which template and variables to render for this MAC (`None` = the default template).
-    fn script_for(&self, mac: MacAddr) -> Option<ScriptChoice>;
+    /// Which template and variables to render for this MAC (`Ok(None)` = the default template).
+    ///
+    /// Cancel safety: the request is dropped when the client goes away; whatever the
+    /// implementation has persisted by then stays.
+    async fn script_for(&self, mac: MacAddr) -> Result<Option<ScriptChoice>, ChooseError>;
 }
 
 /// A [`BootScripts`] that gives every host the default script (the standalone `netsvc`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DefaultScripts;
 
+#[async_trait::async_trait]
 impl BootScripts for DefaultScripts {
-    fn script_for(&self, _mac: MacAddr) -> Option<ScriptChoice> {
-        None
+    async fn script_for(&self, _mac: MacAddr) -> Result<Option<ScriptChoice>, ChooseError> {
+        Ok(None)
     }
 }
 

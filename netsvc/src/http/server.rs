@@ -18,7 +18,7 @@ use tracing::{debug, error, info};
 
 use super::config::Config;
 use super::files::serve_file;
-use super::scripts::{BootScripts, Scripts, TemplateError};
+use super::scripts::{BootScripts, ChooseError, Scripts, TemplateError};
 use crate::MacAddr;
 use crate::tftp::{IpxeBinaries, IpxeError, ResolveError, confine};
 
@@ -82,6 +82,12 @@ pub(crate) enum HttpError {
     },
     #[error("failed to render the boot script")]
     Script(#[source] TemplateError),
+    #[error("failed to choose the boot script of {mac}")]
+    Choose {
+        mac: MacAddr,
+        #[source]
+        err: ChooseError,
+    },
 }
 
 impl IntoResponse for HttpError {
@@ -92,7 +98,9 @@ impl IntoResponse for HttpError {
             HttpError::Io { err, .. } if err.kind() == std::io::ErrorKind::NotFound => {
                 StatusCode::NOT_FOUND
             }
-            HttpError::Io { .. } | HttpError::Script(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            HttpError::Io { .. } | HttpError::Script(_) | HttpError::Choose { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         };
         if status.is_server_error() {
             error!(error = %ErrorChain(&self), "request failed");
@@ -120,7 +128,11 @@ async fn boot_script(State(app): Shared, Path(file): Path<String>) -> Result<Res
         .ok_or_else(|| HttpError::BadRequest {
             reason: format!("`{file}` is not <mac>.ipxe"),
         })?;
-    let choice = app.chooser.script_for(mac);
+    let choice = app
+        .chooser
+        .script_for(mac)
+        .await
+        .map_err(|err| HttpError::Choose { mac, err })?;
     let template = choice.as_ref().map(|c| c.template.clone());
     let script = app.scripts.render(mac, choice).map_err(HttpError::Script)?;
     debug!(%mac, template = template.as_deref().unwrap_or("default"), "boot script served");
