@@ -8,19 +8,26 @@
 //! - [`test_kernel`] and [`marker_initramfs`]: a Linux kernel from Debian's cloud kernel package
 //!   and a tiny busybox initramfs that prints a marker and powers off.
 //! - [`PxeRack`]: a rack segment served by `netsvc` alone, for network-boot runs.
+//! - [`ApplianceRack`]: a rack segment served by `provisioner serve` (network services
+//!   embedded), with its CLI and empty QEMU servers that network-boot from it.
+//! - [`ImageBuilds`]: images built by `image-builder` once per test run, shared by every test.
 //! - [`Daemon`]: a daemon under test whose log lines are collected, killed in `Drop`.
 //! - [`workspace_bin`]: the path of a binary built from this workspace (nextest builds them all).
 //!
 //! Every harness owns what it creates and cleans it up in `Drop`.
 
+mod appliance;
 mod boot;
 mod daemon;
+mod images;
 mod netns;
 mod pxe;
 mod qemu;
 
+pub use appliance::{API_PORT, ApplianceRack};
 pub use boot::{marker_initramfs, test_kernel};
 pub use daemon::Daemon;
+pub use images::ImageBuilds;
 pub use netns::{RackNet, require_root, unique_suffix};
 pub use pxe::PxeRack;
 pub use qemu::{Firmware, Qemu, QemuSpec};

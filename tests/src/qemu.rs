@@ -36,6 +36,10 @@ pub struct QemuSpec {
     pub kernel: Option<(PathBuf, PathBuf, String)>,
     /// Extra arguments appended as they are.
     pub extra: Vec<String>,
+    /// Virtual CPUs; more than one runs TCG multi-threaded.
+    pub cpus: u32,
+    /// A guest reboot restarts the machine (instead of ending QEMU).
+    pub allow_reboot: bool,
 }
 
 impl QemuSpec {
@@ -49,6 +53,8 @@ impl QemuSpec {
             disk: None,
             kernel: None,
             extra: Vec::new(),
+            cpus: 1,
+            allow_reboot: false,
         }
     }
 }
@@ -71,18 +77,19 @@ impl Qemu {
         let dir = tempfile::tempdir()?;
         let serial = dir.path().join("serial.log");
         let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.args([
-            "-accel",
-            "tcg",
-            "-machine",
-            "q35",
-            "-nodefaults",
-            "-display",
-            "none",
-        ]);
+        let accel = if spec.cpus > 1 {
+            "tcg,thread=multi"
+        } else {
+            "tcg"
+        };
+        cmd.args(["-accel", accel, "-machine", "q35", "-nodefaults"]);
+        cmd.args(["-display", "none", "-smp", &spec.cpus.to_string()]);
         cmd.args(["-m", &spec.memory_mib.to_string()]);
         cmd.arg("-serial").arg(format!("file:{}", serial.display()));
-        cmd.args(["-monitor", "none", "-no-reboot"]);
+        cmd.args(["-monitor", "none"]);
+        if !spec.allow_reboot {
+            cmd.arg("-no-reboot");
+        }
         let mut romfile = None;
         if let Firmware::Uefi { ipxe_rom } = spec.firmware {
             let vars = dir.path().join("vars.fd");
