@@ -8,7 +8,8 @@
 //!   [`store::Store`] trait; [`store::SqliteStore`] is the embedded default.
 //! - [`rules`] picks a deployment plan for an inventory (first match wins).
 //! - [`boot`] answers network boots from the inventory ([`boot::ControlBoot`] implements
-//!   netsvc's `BootScripts`); [`server`] embeds netsvc when [`config::Settings::boot`] is set.
+//!   netsvc's `BootScripts`); [`dns::InventoryDns`] publishes every named host at its lease's
+//!   address; [`server`] embeds netsvc when [`config::Settings::boot`] is set.
 //! - [`secret`] generates and hashes the admin token and per-host one-time secrets.
 #![warn(clippy::print_stdout)]
 
@@ -18,6 +19,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod control;
+pub mod dns;
 pub mod http;
 pub mod images;
 pub mod lifecycle;

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use crate::boot::{ControlBoot, RAMDISK_INITRD, RAMDISK_KERNEL, RAMDISK_PATH};
 use crate::config::{BootSettings, Settings};
 use crate::control::{Control, ControlError};
+use crate::dns::InventoryDns;
 use crate::images::ImageStore;
 use crate::secret::{Secret, SecretHash};
 use crate::store::{SqliteStore, Store, StoreError};
@@ -321,18 +322,25 @@ async fn start_boot<S: Store>(
         boot.ramdisk_cmdline.clone(),
     ));
     let base_url = scripts.base_url_slot();
+    let control_for_dns = control.clone();
+    let shutdown_for_dns = shutdown.clone();
     let routes = crate::http::router(control, admin, shutdown).nest_service(
         RAMDISK_PATH,
         tower_http::services::ServeDir::new(&boot.ramdisk_dir),
     );
+    let dns = InventoryDns::new();
     let deps = netsvc::RunDeps {
         scripts,
         extra_routes: Some(routes),
-        dhcp_hooks: None,
+        dhcp_hooks: Some(dns.clone()),
     };
     let services = netsvc::Services::start(boot.netsvc.clone(), deps)
         .await
         .map_err(|err| ServeError::Netsvc { err })?;
+    if let Some(records) = services.dns_records() {
+        dns.attach(records);
+    }
+    tokio::spawn(dns.follow(control_for_dns, shutdown_for_dns));
     let http = services
         .http_addr()
         .expect("invariant: BootSettings always has the HTTP boot server");
