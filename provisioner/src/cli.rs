@@ -104,6 +104,148 @@ pub enum Command {
     },
     /// Run the control-node daemon.
     Serve(ServeArgs),
+    /// The virtual rack lab: the appliance and empty QEMU servers on this machine, imaged with
+    /// no human step (needs root, QEMU and the workspace's binaries side by side).
+    #[command(subcommand)]
+    Lab(LabCmd),
+}
+
+/// Default directory of the virtual rack lab.
+pub const DEFAULT_LAB_DIR: &str = "/var/tmp/provisioner-lab";
+
+/// `provisioner lab ...`.
+#[derive(Debug, Subcommand)]
+pub enum LabCmd {
+    /// Create the rack, build or reuse the images, start the appliance, power on the servers and
+    /// show a live table until each is deployed or failed (the lab keeps running).
+    Up {
+        /// Number of servers (alternately BIOS and UEFI unless --bios or --uefi).
+        #[arg(long, default_value_t = 2)]
+        servers: usize,
+        /// Every server boots UEFI.
+        #[arg(long, conflicts_with = "bios")]
+        uefi: bool,
+        /// Every server boots BIOS.
+        #[arg(long)]
+        bios: bool,
+        /// The lab's directory (state, image cache, disks, consoles).
+        #[arg(long, default_value = DEFAULT_LAB_DIR)]
+        dir: std::path::PathBuf,
+        /// The repository's templates folder (default: found beside the binary).
+        #[arg(long)]
+        templates: Option<std::path::PathBuf>,
+        /// Where images are built and cached (default: `<dir>/images`).
+        #[arg(long)]
+        images: Option<std::path::PathBuf>,
+    },
+    /// The servers of the running lab (`--json` for scripts).
+    Status {
+        /// The lab's directory.
+        #[arg(long, default_value = DEFAULT_LAB_DIR)]
+        dir: std::path::PathBuf,
+    },
+    /// Remove everything the lab created (the image cache stays).
+    Down {
+        /// The lab's directory.
+        #[arg(long, default_value = DEFAULT_LAB_DIR)]
+        dir: std::path::PathBuf,
+    },
+    /// (internal) The process that holds a lab until SIGTERM; started by `up`.
+    #[command(hide = true)]
+    Supervise {
+        /// The lab's directory.
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        /// Number of servers.
+        #[arg(long)]
+        servers: usize,
+        /// `mixed`, `bios` or `uefi`.
+        #[arg(long)]
+        firmware: String,
+        /// The golden image's build directory.
+        #[arg(long)]
+        golden: std::path::PathBuf,
+        /// The deploy ramdisk's build directory.
+        #[arg(long)]
+        ramdisk: std::path::PathBuf,
+    },
+}
+
+/// Runs a `lab` command; blocking (it drives processes and waits on them).
+pub fn lab(cmd: LabCmd, json: bool) -> ExitCode {
+    use rack_tests::lab::{self, LabFirmware};
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(err) => return fail(&err, EXIT_OTHER),
+    };
+    let sibling = |name: &str| exe.with_file_name(name);
+    let result = match cmd {
+        LabCmd::Up {
+            servers,
+            uefi,
+            bios,
+            dir,
+            templates,
+            images,
+        } => {
+            // In a checkout the binary is target/<profile>/provisioner: templates are two up.
+            let templates = templates.unwrap_or_else(|| {
+                let beside = exe
+                    .parent()
+                    .and_then(|d| d.parent())
+                    .and_then(|d| d.parent());
+                match beside.map(|d| d.join("templates")) {
+                    Some(t) if t.join("images/minimal").is_dir() => t,
+                    _ => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../templates"),
+                }
+            });
+            lab::up(&lab::LabOptions {
+                images: images.unwrap_or_else(|| dir.join("images")),
+                dir,
+                servers,
+                firmware: match (uefi, bios) {
+                    (true, _) => LabFirmware::Uefi,
+                    (_, true) => LabFirmware::Bios,
+                    _ => LabFirmware::Mixed,
+                },
+                provisioner: exe.clone(),
+                image_builder: sibling("image-builder"),
+                imager: sibling("imager"),
+                templates,
+            })
+        }
+        LabCmd::Status { dir } => lab::status(&dir, json),
+        LabCmd::Down { dir } => lab::down(&dir),
+        LabCmd::Supervise {
+            dir,
+            servers,
+            firmware,
+            golden,
+            ramdisk,
+        } => {
+            let firmware = match firmware.as_str() {
+                "bios" => LabFirmware::Bios,
+                "uefi" => LabFirmware::Uefi,
+                _ => LabFirmware::Mixed,
+            };
+            lab::supervise(&lab::SuperviseOptions {
+                dir,
+                servers,
+                firmware,
+                golden,
+                ramdisk,
+                provisioner: exe.clone(),
+            })
+            .map(|()| 0)
+        }
+    };
+    match result {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(EXIT_OTHER)),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(EXIT_OTHER)
+        }
+    }
 }
 
 /// `provisioner hosts ...`.
@@ -498,7 +640,9 @@ async fn dispatch(client: &Client, json: bool, command: Command) -> Result<u8, F
             }
             Ok(EXIT_OK)
         }
-        Command::Serve(_) => unreachable!("main runs `serve` without a client"),
+        Command::Serve(_) | Command::Lab(_) => {
+            unreachable!("main runs `serve` and `lab` without an API client")
+        }
     }
 }
 

@@ -152,6 +152,17 @@ domain = "rack.test."
     /// Powers on an empty server with `firmware`, `mac` on a new tap and `disk` (a qcow2 file)
     /// on virtio-blk, network first; a guest reboot restarts it (as a real server's would).
     pub fn power_on(&mut self, firmware: Firmware, mac: &str, disk: &Path) -> anyhow::Result<Qemu> {
+        self.power_on_logged(firmware, mac, disk, None)
+    }
+
+    /// [`ApplianceRack::power_on`] with the serial console written to `console_log`.
+    pub fn power_on_logged(
+        &mut self,
+        firmware: Firmware,
+        mac: &str,
+        disk: &Path,
+        console_log: Option<PathBuf>,
+    ) -> anyhow::Result<Qemu> {
         let tap = self.rack.add_tap()?;
         let mut spec = QemuSpec::new(firmware);
         spec.nic = Some((tap, mac.to_owned()));
@@ -160,6 +171,7 @@ domain = "rack.test."
         spec.memory_mib = 1536;
         spec.cpus = 2;
         spec.allow_reboot = true;
+        spec.console_log = console_log;
         Qemu::start(&spec)
     }
 }

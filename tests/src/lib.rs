@@ -11,6 +11,7 @@
 //! - [`ApplianceRack`]: a rack segment served by `provisioner serve` (network services
 //!   embedded), with its CLI and empty QEMU servers that network-boot from it.
 //! - [`ImageBuilds`]: images built by `image-builder` once per test run, shared by every test.
+//! - [`lab`]: the virtual rack lab behind `provisioner lab up | status | down`.
 //! - [`Daemon`]: a daemon under test whose log lines are collected, killed in `Drop`.
 //! - [`workspace_bin`]: the path of a binary built from this workspace (nextest builds them all).
 //!
@@ -20,6 +21,7 @@ mod appliance;
 mod boot;
 mod daemon;
 mod images;
+pub mod lab;
 mod netns;
 mod pxe;
 mod qemu;

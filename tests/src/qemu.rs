@@ -40,6 +40,8 @@ pub struct QemuSpec {
     pub cpus: u32,
     /// A guest reboot restarts the machine (instead of ending QEMU).
     pub allow_reboot: bool,
+    /// Where the serial console goes (default: a file in the machine's temporary directory).
+    pub console_log: Option<PathBuf>,
 }
 
 impl QemuSpec {
@@ -55,6 +57,7 @@ impl QemuSpec {
             extra: Vec::new(),
             cpus: 1,
             allow_reboot: false,
+            console_log: None,
         }
     }
 }
@@ -75,7 +78,10 @@ impl Qemu {
     /// Starts the machine. Its serial console goes to a file read by [`Qemu::wait_for_line`].
     pub fn start(spec: &QemuSpec) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
-        let serial = dir.path().join("serial.log");
+        let serial = spec
+            .console_log
+            .clone()
+            .unwrap_or_else(|| dir.path().join("serial.log"));
         let mut cmd = Command::new("qemu-system-x86_64");
         let accel = if spec.cpus > 1 {
             "tcg,thread=multi"
