@@ -7,6 +7,8 @@
 //! - [`store`] persists hosts, inventories, images, rules, events and hashed secrets behind the
 //!   [`store::Store`] trait; [`store::SqliteStore`] is the embedded default.
 //! - [`rules`] picks a deployment plan for an inventory (first match wins).
+//! - [`imager`] runs in the deploy ramdisk: inventory, image write and read-back verify, host
+//!   identity, and the installed system's enrolment; [`client::Client`] is how it talks.
 //! - [`secret`] generates and hashes the admin token and per-host one-time secrets.
 #![warn(clippy::print_stdout)]
 
@@ -16,6 +18,7 @@ pub mod client;
 pub mod config;
 pub mod control;
 pub mod http;
+pub mod imager;
 pub mod images;
 pub mod lifecycle;
 pub mod rules;
