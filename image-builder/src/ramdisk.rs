@@ -1,6 +1,13 @@
 //! The deploy ramdisk: the kernel of the extracted kernel package and an initramfs holding
 //! busybox, the needed kernel modules (with their dependencies), the template's `/init` and
 //! files, and the provisioner's imager as `/bin/imager`.
+//!
+//! The imager is linked dynamically against glibc, and busybox is all the bootstrap tree runs
+//! otherwise, so its shared-library closure is copied too: the interpreter and `DT_NEEDED`
+//! entries `readelf` reports, looked up (recursively) in the bootstrap tree's library
+//! directories, never on the build host, so the libraries are the ramdisk's own Debian release
+//! (the template lists `libc6` and `libgcc-s1`). The copies are `strip --strip-debug`ged: a
+//! debug build of the imager is mostly DWARF.
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
@@ -118,6 +125,138 @@ pub(crate) fn module_closure(dep: &str, module_dirs: &[String]) -> BTreeSet<Stri
     }
 }
 
+/// Library directories of a Debian tree, in the dynamic loader's search order.
+const LIB_DIRS: &[&str] = &[
+    "lib/x86_64-linux-gnu",
+    "usr/lib/x86_64-linux-gnu",
+    "lib/aarch64-linux-gnu",
+    "usr/lib/aarch64-linux-gnu",
+    "lib64",
+    "usr/lib64",
+    "lib",
+    "usr/lib",
+];
+
+/// What an ELF file asks the dynamic loader for.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct ElfNeeds {
+    /// `PT_INTERP` (`/lib64/ld-linux-x86-64.so.2`); none for a static binary.
+    pub(crate) interpreter: Option<String>,
+    /// `DT_NEEDED` sonames.
+    pub(crate) needed: Vec<String>,
+}
+
+/// Parses `readelf --wide --program-headers --dynamic` output.
+pub(crate) fn parse_readelf(text: &str) -> ElfNeeds {
+    let bracketed = |line: &str, marker: &str| {
+        let rest = &line[line.find(marker)? + marker.len()..];
+        Some(rest[..rest.find(']')?].trim().to_owned())
+    };
+    let mut needs = ElfNeeds::default();
+    for line in text.lines() {
+        if let Some(i) = bracketed(line, "[Requesting program interpreter:") {
+            needs.interpreter = Some(i);
+        } else if line.contains("(NEEDED)")
+            && let Some(lib) = bracketed(line, "Shared library: [")
+        {
+            needs.needed.push(lib);
+        }
+    }
+    needs
+}
+
+fn elf_needs(path: &Path) -> Result<ElfNeeds, StageError> {
+    let out = common::run_cmd(
+        Command::new("readelf")
+            .args(["--wide", "--program-headers", "--dynamic"])
+            .arg(path),
+    )?;
+    Ok(parse_readelf(&out.stdout_lossy()))
+}
+
+/// The regular file `rel` names inside `tree`, following symlinks as if `tree` were `/`
+/// (an absolute link target is taken relative to `tree`, not the build host).
+fn resolve_in_tree(tree: &Path, rel: &Path) -> Option<PathBuf> {
+    let mut p = tree.join(rel.strip_prefix("/").unwrap_or(rel));
+    for _ in 0..32 {
+        let meta = std::fs::symlink_metadata(&p).ok()?;
+        if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(&p).ok()?;
+            p = match target.strip_prefix("/") {
+                Ok(abs) => tree.join(abs),
+                Err(_) => p.parent()?.join(target),
+            };
+        } else if meta.is_file() {
+            // Directory symlinks along the way (merged /usr) must stay inside the tree too.
+            let inside = p
+                .canonicalize()
+                .ok()?
+                .starts_with(tree.canonicalize().ok()?);
+            return inside.then_some(p);
+        } else {
+            return None;
+        }
+    }
+    None
+}
+
+/// A shared library to put into the initramfs.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct LibCopy {
+    /// The file in the bootstrap tree.
+    pub(crate) source: PathBuf,
+    /// Where it goes, relative to the initramfs root (a directory ld.so searches, or the
+    /// interpreter's exact path).
+    pub(crate) dest: PathBuf,
+}
+
+/// The interpreter and shared libraries `elf` needs, recursively, found in `tree`. A static
+/// binary needs none. A library missing from the tree is an error naming it.
+pub(crate) fn library_closure(tree: &Path, elf: &Path) -> Result<Vec<LibCopy>, StageError> {
+    let mut out: Vec<LibCopy> = Vec::new();
+    let mut seen = BTreeSet::new();
+    let mut queue = vec![elf.to_owned()];
+    while let Some(file) = queue.pop() {
+        let needs = elf_needs(&file)?;
+        if let Some(interp) = needs.interpreter
+            && seen.insert(interp.clone())
+        {
+            let rel = PathBuf::from(interp.trim_start_matches('/'));
+            let source = resolve_in_tree(tree, &rel).ok_or_else(|| missing(tree, &rel))?;
+            queue.push(source.clone());
+            out.push(LibCopy { source, dest: rel });
+        }
+        for name in needs.needed {
+            // The interpreter is often also a DT_NEEDED entry (by soname).
+            let is_interp = out
+                .iter()
+                .any(|l| l.dest.file_name() == Some(name.as_ref()));
+            if is_interp || !seen.insert(name.clone()) {
+                continue;
+            }
+            let (dir, source) = LIB_DIRS
+                .iter()
+                .find_map(|d| Some((*d, resolve_in_tree(tree, &Path::new(d).join(&name))?)))
+                .ok_or_else(|| missing(tree, Path::new(&name)))?;
+            queue.push(source.clone());
+            out.push(LibCopy {
+                source,
+                dest: Path::new(dir).join(&name),
+            });
+        }
+    }
+    out.sort_by(|a, b| a.dest.cmp(&b.dest));
+    Ok(out)
+}
+
+fn missing(tree: &Path, lib: &Path) -> StageError {
+    StageError::Io {
+        what: "find the imager's shared library in the bootstrap tree (add its package to bootstrap.packages)",
+        path: tree.join(lib),
+        err: std::io::ErrorKind::NotFound.into(),
+    }
+}
+
 fn copy(src: &Path, dest: &Path) -> Result<(), StageError> {
     if let Some(p) = dest.parent() {
         std::fs::create_dir_all(p).map_err(io("create directory", p))?;
@@ -161,6 +300,15 @@ pub(crate) fn build(
     copy(&r.imager, &imager)?;
     std::fs::set_permissions(&imager, std::fs::Permissions::from_mode(0o755))
         .map_err(io("chmod", &imager))?;
+    let mut stripped = vec![imager.clone()];
+    for lib in library_closure(tree, &r.imager)? {
+        let dest = staging.join(&lib.dest);
+        copy(&lib.source, &dest)?;
+        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))
+            .map_err(io("chmod", &dest))?;
+        stripped.push(dest);
+    }
+    common::run_cmd(Command::new("strip").arg("--strip-debug").args(&stripped))?;
     for f in files {
         write(
             &staging.join(f.spec.dest.trim_start_matches('/')),
@@ -217,6 +365,76 @@ pub(crate) fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn readelf_output_parses() {
+        let text = "  INTERP         0x000318 0x0000000000000318 0x0000000000000318 0x00001c 0x00001c R   0x1\n\
+      [Requesting program interpreter: /lib64/ld-linux-x86-64.so.2]\n\
+ 0x0000000000000001 (NEEDED)             Shared library: [libgcc_s.so.1]\n\
+ 0x0000000000000001 (NEEDED)             Shared library: [libc.so.6]\n\
+ 0x000000000000000e (SONAME)             Library soname: [libfoo.so.1]\n";
+        let n = parse_readelf(text);
+        assert_eq!(
+            n.interpreter.as_deref(),
+            Some("/lib64/ld-linux-x86-64.so.2")
+        );
+        assert_eq!(n.needed, ["libgcc_s.so.1", "libc.so.6"]);
+        assert_eq!(parse_readelf("no dynamic section"), ElfNeeds::default());
+    }
+
+    /// A Debian-shaped tree (merged /usr, an absolute interpreter link) holding this build
+    /// host's glibc, as `mmdebstrap --variant=extract` lays out `libc6` and `libgcc-s1`.
+    #[test]
+    fn closure_of_a_real_binary_comes_from_the_tree() {
+        let host = Path::new("/usr/lib/x86_64-linux-gnu");
+        if !host.join("libc.so.6").exists() {
+            return; // Not an x86-64 Debian build host.
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let tree = tmp.path();
+        let lib = tree.join("usr/lib/x86_64-linux-gnu");
+        std::fs::create_dir_all(&lib).unwrap();
+        for f in [
+            "libc.so.6",
+            "libm.so.6",
+            "libgcc_s.so.1",
+            "ld-linux-x86-64.so.2",
+        ] {
+            if host.join(f).exists() {
+                std::fs::copy(host.join(f), lib.join(f)).unwrap();
+            }
+        }
+        std::os::unix::fs::symlink("usr/lib", tree.join("lib")).unwrap();
+        std::fs::create_dir_all(tree.join("usr/lib64")).unwrap();
+        std::os::unix::fs::symlink("usr/lib64", tree.join("lib64")).unwrap();
+        std::os::unix::fs::symlink(
+            "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+            tree.join("usr/lib64/ld-linux-x86-64.so.2"),
+        )
+        .unwrap();
+        // Any dynamically linked program of the host: it needs libc and the interpreter.
+        let got = library_closure(tree, Path::new("/bin/true")).unwrap();
+        let dests: Vec<String> = got.iter().map(|l| l.dest.display().to_string()).collect();
+        assert!(
+            dests.contains(&"lib/x86_64-linux-gnu/libc.so.6".to_owned()),
+            "{dests:?}"
+        );
+        assert!(
+            dests.contains(&"lib64/ld-linux-x86-64.so.2".to_owned()),
+            "{dests:?}"
+        );
+        for l in &got {
+            assert!(l.source.starts_with(tree), "{l:?} comes from the tree");
+        }
+        // A library the tree lacks is named in the error.
+        std::fs::remove_file(lib.join("libc.so.6")).unwrap();
+        let err = library_closure(tree, Path::new("/bin/true")).unwrap_err();
+        let msg = common::ErrorChain(&err).to_string();
+        assert!(
+            msg.contains("libc.so.6") && msg.contains("bootstrap.packages"),
+            "{msg}"
+        );
+    }
 
     #[test]
     fn closure_follows_dependencies() {

@@ -40,6 +40,16 @@ pub enum ClientError {
         /// The server's request id, for 5xx.
         request_id: Option<String>,
     },
+    /// A ranged artifact request was answered with something other than the asked range.
+    #[error("GET {url} from offset {offset} answered {status} without the requested range")]
+    RangeIgnored {
+        /// URL.
+        url: String,
+        /// The first byte asked for.
+        offset: u64,
+        /// HTTP status of the answer.
+        status: StatusCode,
+    },
     /// The response body is not what the API promises.
     #[error("invalid response body from {method} {url}")]
     Decode {
@@ -58,6 +68,7 @@ impl ClientError {
     pub fn status(&self) -> Option<StatusCode> {
         match self {
             ClientError::Api { status, .. } => Some(*status),
+            ClientError::RangeIgnored { status, .. } => Some(*status),
             ClientError::Transport { .. } | ClientError::Decode { .. } => None,
         }
     }
@@ -65,6 +76,42 @@ impl ClientError {
     /// Whether the server could not be reached at all.
     pub fn is_connect(&self) -> bool {
         matches!(self, ClientError::Transport { err, .. } if err.is_connect())
+    }
+}
+
+/// An artifact download in progress: the body of `GET /images/{name}/{file}`, read chunk by
+/// chunk so that multi-GB images never sit in memory.
+#[derive(Debug)]
+pub struct Download {
+    url: String,
+    resp: reqwest::Response,
+}
+
+impl Download {
+    /// The URL being downloaded.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Bytes the server promised for this response (from the first requested byte on), if it
+    /// said.
+    pub fn content_length(&self) -> Option<u64> {
+        self.resp.content_length()
+    }
+
+    /// The next piece of the body, `None` at its end. A connection that breaks mid-body is a
+    /// [`ClientError::Transport`] error.
+    ///
+    /// Cancel safety: dropping the future loses no bytes already returned.
+    pub async fn chunk(&mut self) -> Result<Option<bytes::Bytes>, ClientError> {
+        self.resp
+            .chunk()
+            .await
+            .map_err(|err| ClientError::Transport {
+                method: Method::GET,
+                url: self.url.clone(),
+                err,
+            })
     }
 }
 
@@ -318,6 +365,51 @@ impl Client {
     /// `POST /machine/result` (imager secret).
     pub async fn report_result(&self, r: &ImagingResult) -> Result<HostSummary, ClientError> {
         self.call(Method::POST, "/machine/result", Some(r)).await
+    }
+
+    /// `GET {artifact_base}{file}` from byte `offset` on (`Range: bytes=N-` when `offset > 0`).
+    /// Artifacts are public, so no credentials are sent. A ranged request must be answered
+    /// `206 Partial Content`.
+    pub async fn download(
+        &self,
+        artifact_base: &str,
+        file: &str,
+        offset: u64,
+    ) -> Result<Download, ClientError> {
+        let url = format!(
+            "{}/{}/{}",
+            self.base,
+            artifact_base.trim_matches('/'),
+            segment(file)
+        );
+        let mut req = self.http.get(&url);
+        if offset > 0 {
+            req = req.header(reqwest::header::RANGE, format!("bytes={offset}-"));
+        }
+        let resp = req.send().await.map_err(|err| ClientError::Transport {
+            method: Method::GET,
+            url: url.clone(),
+            err,
+        })?;
+        let status = resp.status();
+        if !status.is_success() {
+            let message = resp.text().await.unwrap_or_default();
+            return Err(ClientError::Api {
+                method: Method::GET,
+                url,
+                status,
+                message,
+                request_id: None,
+            });
+        }
+        if offset > 0 && status != StatusCode::PARTIAL_CONTENT {
+            return Err(ClientError::RangeIgnored {
+                url,
+                offset,
+                status,
+            });
+        }
+        Ok(Download { url, resp })
     }
 
     /// `POST /machine/enrol` (enrolment secret).

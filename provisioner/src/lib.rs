@@ -10,6 +10,8 @@
 //! - [`boot`] answers network boots from the inventory ([`boot::ControlBoot`] implements
 //!   netsvc's `BootScripts`); [`dns::InventoryDns`] publishes every named host at its lease's
 //!   address; [`server`] embeds netsvc when [`config::Settings::boot`] is set.
+//! - [`imager`] runs in the deploy ramdisk: inventory, image write and read-back verify, host
+//!   identity, and the installed system's enrolment; [`client::Client`] is how it talks.
 //! - [`secret`] generates and hashes the admin token and per-host one-time secrets.
 #![warn(clippy::print_stdout)]
 
@@ -21,6 +23,7 @@ pub mod config;
 pub mod control;
 pub mod dns;
 pub mod http;
+pub mod imager;
 pub mod images;
 pub mod lifecycle;
 pub mod rules;
