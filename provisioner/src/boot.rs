@@ -2,7 +2,7 @@
 //! state ([`Control::pxe_boot`]): the deploy ramdisk, with the URL of the control node and a
 //! fresh one-time imager secret on its kernel line, or the host's own disk.
 
-use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use netsvc::MacAddr;
 use netsvc::http::{BootScripts, ChooseError, ScriptChoice};
@@ -23,14 +23,18 @@ pub const RAMDISK_INITRD: &str = "initrd.img";
 /// boot server).
 pub struct ControlBoot<S> {
     control: Control<S>,
-    base_url: Arc<OnceLock<String>>,
+    base_url: tokio::sync::watch::Sender<Option<String>>,
     cmdline: String,
 }
+
+/// How long a request that arrives before the public URL is known waits for it (the HTTP
+/// server accepts before the embedder learns its bound address).
+const URL_WAIT: Duration = Duration::from_secs(5);
 
 impl<S> std::fmt::Debug for ControlBoot<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ControlBoot")
-            .field("base_url", &self.base_url.get())
+            .field("base_url", &*self.base_url.borrow())
             .field("cmdline", &self.cmdline)
             .finish_non_exhaustive()
     }
@@ -38,23 +42,22 @@ impl<S> std::fmt::Debug for ControlBoot<S> {
 
 impl<S: Store> ControlBoot<S> {
     /// Scripts for `control`'s hosts; the ramdisk gets `cmdline` before its `provisioner.*`
-    /// arguments. Until [`ControlBoot::set_base_url`] is called every request fails (500).
+    /// arguments. Requests wait (briefly) for [`ControlBoot::base_url_setter`] to be used.
     pub fn new(control: Control<S>, cmdline: String) -> Self {
         ControlBoot {
             control,
-            base_url: Arc::new(OnceLock::new()),
+            base_url: tokio::sync::watch::Sender::new(None),
             cmdline,
         }
     }
 
-    /// Sets the URL (no trailing slash) machines reach the control node at; the first call wins.
-    pub fn set_base_url(&self, url: String) {
-        let _ = self.base_url.set(url);
-    }
-
-    /// A handle that sets the base URL later (once the HTTP server knows its address).
-    pub fn base_url_slot(&self) -> Arc<OnceLock<String>> {
-        Arc::clone(&self.base_url)
+    /// Sets the URL (no trailing slash) machines reach the control node at, once the HTTP
+    /// server knows its address.
+    pub fn base_url_setter(&self) -> impl FnOnce(String) + Send + 'static {
+        let tx = self.base_url.clone();
+        move |url| {
+            tx.send_replace(Some(url));
+        }
     }
 }
 
@@ -63,10 +66,13 @@ impl<S: Store> BootScripts for ControlBoot<S> {
     /// Cancel safety: a dropped request may leave a new host `discovered` and a fresh imager
     /// secret stored; the host's next request issues another one.
     async fn script_for(&self, mac: MacAddr) -> Result<Option<ScriptChoice>, ChooseError> {
-        let base = self
-            .base_url
-            .get()
-            .ok_or("the control node's public URL is not known yet")?;
+        let mut rx = self.base_url.subscribe();
+        let base = tokio::time::timeout(URL_WAIT, rx.wait_for(Option::is_some))
+            .await
+            .map_err(|_| "the control node's public URL is not known yet")?
+            .map_err(Box::new)?
+            .clone()
+            .expect("invariant: wait_for returned a value that is Some");
         let directive = self.control.pxe_boot(mac).await.map_err(Box::new)?;
         Ok(Some(match directive {
             BootDirective::Ramdisk {

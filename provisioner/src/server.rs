@@ -321,7 +321,7 @@ async fn start_boot<S: Store>(
         control.clone(),
         boot.ramdisk_cmdline.clone(),
     ));
-    let base_url = scripts.base_url_slot();
+    let set_base_url = scripts.base_url_setter();
     let control_for_dns = control.clone();
     let shutdown_for_dns = shutdown.clone();
     let routes = crate::http::router(control, admin, shutdown).nest_service(
@@ -356,6 +356,6 @@ async fn start_boot<S: Store>(
         }
     }
     info!(url = %url, "machines reach the control node here");
-    let _ = base_url.set(url);
+    set_base_url(url);
     Ok(services)
 }

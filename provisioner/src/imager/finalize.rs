@@ -144,6 +144,8 @@ pub fn write_identity(root: &Path, id: &Identity, imager: &Path) -> Result<Strin
         0o644,
     )?;
 
+    write_network(root)?;
+
     let machine_id = new_machine_id();
     write_file(
         root,
@@ -192,6 +194,74 @@ pub fn write_identity(root: &Path, id: &Identity, imager: &Path) -> Result<Strin
     })?;
     write_file(root, INSTALLED_BINARY, &bin, 0o755)?;
     Ok(machine_id)
+}
+
+/// networkd configuration written into images that bring none of their own.
+const DHCP_NETWORK: &str = "etc/systemd/network/80-provisioner-dhcp.network";
+const DHCP_NETWORK_TEXT: &str = "# Written by the provisioner's imager: this image configured no network.\n\
+[Match]\nType=ether\n\n[Network]\nDHCP=yes\n";
+
+/// Whether the installed system configures its network itself (networkd, ifupdown, netplan).
+fn has_network_config(root: &Path) -> bool {
+    let any_file = |dir: &str, ext: &str| {
+        std::fs::read_dir(root.join(dir)).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with(ext))
+        })
+    };
+    let ifupdown = std::fs::read_to_string(root.join("etc/network/interfaces")).is_ok_and(|t| {
+        t.lines()
+            .any(|l| l.trim_start().starts_with("iface") && !l.contains(" lo "))
+    });
+    any_file("etc/systemd/network", ".network") || any_file("etc/netplan", ".yaml") || ifupdown
+}
+
+/// An image without network configuration gets DHCP on every Ethernet NIC through
+/// systemd-networkd (enabled), so the installed system can reach the control node to enrol.
+/// An image that configures its network keeps its own.
+fn write_network(root: &Path) -> Result<(), FinalizeError> {
+    if has_network_config(root) {
+        return Ok(());
+    }
+    let unit = ["usr/lib/systemd/system", "lib/systemd/system"]
+        .iter()
+        .map(|d| Path::new(d).join("systemd-networkd.service"))
+        .find(|u| root.join(u).is_file());
+    let Some(unit) = unit else {
+        warn!("the image has no network configuration and no systemd-networkd: it may not enrol");
+        return Ok(());
+    };
+    write_file(root, DHCP_NETWORK, DHCP_NETWORK_TEXT.as_bytes(), 0o644)?;
+    let dir = unit
+        .parent()
+        .expect("invariant: the unit path has a directory");
+    for (wants, name) in [
+        ("multi-user.target.wants", "systemd-networkd.service"),
+        ("sockets.target.wants", "systemd-networkd.socket"),
+        (
+            "network-online.target.wants",
+            "systemd-networkd-wait-online.service",
+        ),
+    ] {
+        if !root.join(dir).join(name).is_file() {
+            continue;
+        }
+        let link = root.join("etc/systemd/system").join(wants).join(name);
+        let err = |err| FinalizeError::Write {
+            path: link.clone(),
+            err,
+        };
+        std::fs::create_dir_all(link.parent().expect("invariant: a link has a directory"))
+            .map_err(err)?;
+        match std::os::unix::fs::symlink(Path::new("/").join(dir).join(name), &link) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(err(e)),
+        }
+    }
+    debug!("networkd DHCP configured for an image without network configuration");
+    Ok(())
 }
 
 /// The number (1-based) of the GPT partition called `name`, from the start of a disk.
@@ -333,6 +403,43 @@ pub(crate) fn finalize(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn images_without_network_configuration_get_networkd_dhcp() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path();
+        let units = root.join("usr/lib/systemd/system");
+        std::fs::create_dir_all(&units).expect("mkdir");
+        for u in ["systemd-networkd.service", "systemd-networkd.socket"] {
+            std::fs::write(units.join(u), "[Unit]\n").expect("write unit");
+        }
+        write_network(root).expect("network written");
+        let net = std::fs::read_to_string(root.join(DHCP_NETWORK)).expect("network file");
+        assert!(net.contains("DHCP=yes"), "{net}");
+        let link = root.join("etc/systemd/system/multi-user.target.wants/systemd-networkd.service");
+        assert_eq!(
+            std::fs::read_link(&link).expect("enabled"),
+            Path::new("/usr/lib/systemd/system/systemd-networkd.service")
+        );
+        assert!(
+            root.join("etc/systemd/system/sockets.target.wants/systemd-networkd.socket")
+                .exists()
+        );
+        // No wait-online unit in this image: no dangling link to it.
+        assert!(
+            !root
+                .join("etc/systemd/system/network-online.target.wants")
+                .exists()
+        );
+        write_network(root).expect("a second run is harmless");
+
+        // An image with its own configuration keeps it, untouched.
+        let own = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(own.path().join("etc/systemd/network")).expect("mkdir");
+        std::fs::write(own.path().join("etc/systemd/network/10-lan.network"), "x").expect("write");
+        write_network(own.path()).expect("nothing to do");
+        assert!(!own.path().join(DHCP_NETWORK).exists());
+    }
 
     #[test]
     fn identity_files() {
