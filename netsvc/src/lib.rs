@@ -215,9 +215,16 @@ pub async fn run(settings: config::Settings, shutdown: CancellationToken) -> Res
         let handle = dhcp::Server::start(cfg, deps)
             .await
             .map_err(|err| RunError::Dhcp { err })?;
-        // Publish the leases that survived the restart.
+        // Publish the leases that survived the restart, in the order they were first bound:
+        // the first owner of a host name keeps it, as it did before the restart.
         let now = unix_now();
-        for lease in handle.leases().iter().filter(|l| l.is_live(now)) {
+        let mut live: Vec<dhcp::Lease> = handle
+            .leases()
+            .into_iter()
+            .filter(|l| l.is_live(now))
+            .collect();
+        live.sort_by_key(|l| (l.seq, l.ip));
+        for lease in &live {
             hooks.lease_bound(lease);
         }
         dhcp_handle = Some(handle);
