@@ -178,6 +178,11 @@ impl LeaseTable {
         }
     }
 
+    /// The table has a record of `mac`: an offer, or a lease in any state (stored ones too).
+    pub fn knows(&self, mac: MacAddr) -> bool {
+        self.last_ip.contains_key(&mac)
+    }
+
     /// The live lease `mac` holds, if any.
     pub fn lease_of(&self, mac: MacAddr, now: u64) -> Option<&Lease> {
         let ip = self.last_ip.get(&mac)?;

@@ -333,9 +333,21 @@ pub(crate) fn dispatch(ctx: &mut Ctx<'_>, shared: &Shared) -> Flow {
             let acceptable = subnet.net.contains(&ip)
                 && (fixed == Some(ip) || (fixed.is_none() && pool.contains(ip) && !reserved(ip)));
             let expires = now + u64::from(lease_secs);
+            let mut table = shared.table();
+            // INIT-REBOOT (no server id, no ciaddr) from a client we have no record of: RFC 2131
+            // 4.3.2 says remain silent (another server may know it), unless the address is
+            // wrong for this link or taken, which earns the NAK below.
+            let init_reboot = ciaddr.is_unspecified() && req.server_id.is_none();
+            if acceptable
+                && init_reboot
+                && ctx.reservation.is_none()
+                && !table.knows(mac)
+                && table.available_to(ip, mac, now)
+            {
+                return Flow::Drop("init-reboot from a client without a record");
+            }
             let bound = if acceptable {
-                shared
-                    .table()
+                table
                     .bind(
                         ip,
                         mac,
@@ -348,6 +360,7 @@ pub(crate) fn dispatch(ctx: &mut Ctx<'_>, shared: &Shared) -> Flow {
             } else {
                 None
             };
+            drop(table);
             let Some(lease) = bound else {
                 return Flow::Reply(Box::new(Response {
                     reply: Some(nak(ctx, "requested address not available")),
@@ -806,6 +819,16 @@ mod tests {
                 "reservation holder asking for its reservation",
                 request(R, Req, none, none, vec![asks(ip(5)), sid(OUR)]),
                 Seen::Reply(Ack, want(Some(R), ip(5))),
+            ),
+            (
+                "INIT-REBOOT of a client without a record, free address: silent",
+                request(B, Req, none, none, vec![asks(ip(12))]),
+                Seen::Dropped("init-reboot from a client without a record"),
+            ),
+            (
+                "SELECTING us, free address, no record needed",
+                request(B, Req, none, none, vec![asks(ip(12)), sid(OUR)]),
+                Seen::Reply(Ack, want(Some(B), ip(12))),
             ),
             (
                 "SELECTING another server",
