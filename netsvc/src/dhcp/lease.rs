@@ -147,10 +147,21 @@ pub struct LeaseTable {
 
 impl LeaseTable {
     /// Rebuilds the table from stored leases (after a restart).
+    ///
+    /// A client holds one address: when the store has several live bindings of one MAC (a move
+    /// persists only the new address), the one that expires last wins and the others are free.
     pub fn from_leases(leases: impl IntoIterator<Item = Lease>, now: u64) -> Self {
+        let mut leases: Vec<Lease> = leases.into_iter().collect();
+        leases.sort_by_key(|l| (l.is_live(now), l.expires));
         let mut t = LeaseTable::default();
         for l in leases {
             t.next_seq = t.next_seq.max(l.seq + 1);
+            if l.is_live(now)
+                && let Some(old) = t.last_ip.get(&l.mac).copied()
+                && matches!(t.slots.get(&old), Some(Slot::Held(h)) if h.mac == l.mac && h.is_live(now))
+            {
+                t.slots.remove(&old);
+            }
             t.last_ip.insert(l.mac, l.ip);
             let holds = matches!(l.state, LeaseState::Bound | LeaseState::Declined);
             if holds && l.expires > now {
@@ -529,5 +540,22 @@ mod tests {
             late.seq
         );
         assert!(t2.bind(ip(13), B, None, None, 260, 360).expect("bind").seq > late.seq);
+    }
+
+    #[test]
+    fn restart_keeps_one_address_per_client() {
+        let mut t = LeaseTable::default();
+        let old = t.bind(ip(10), A, None, None, 0, 200).expect("bind");
+        // The move persists only the new lease: the store still has both as bound.
+        let new = t.bind(ip(11), A, None, None, 10, 210).expect("move");
+        for stored in [
+            vec![old.clone(), new.clone()],
+            vec![new.clone(), old.clone()],
+        ] {
+            let t2 = LeaseTable::from_leases(stored, 50);
+            assert_eq!(t2.live_leases(50), vec![new.clone()]);
+            assert_eq!(t2.lease_of(A, 50).map(|l| l.ip), Some(ip(11)));
+            assert!(t2.available_to(ip(10), B, 50));
+        }
     }
 }
