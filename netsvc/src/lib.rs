@@ -57,6 +57,13 @@ pub enum RunError {
         #[source]
         err: dhcp::SqliteStoreError,
     },
+    /// The stored leases could not be read to publish them in DNS.
+    #[error("failed to load the DHCP leases to publish in DNS")]
+    LoadLeases {
+        /// Why.
+        #[source]
+        err: dhcp::SqliteStoreError,
+    },
     /// The DHCP server did not start.
     #[error("failed to start the DHCP server")]
     Dhcp {
@@ -261,6 +268,17 @@ impl Services {
             store
                 .checkpoint_in_background()
                 .map_err(|err| RunError::LeaseStore { err })?;
+            // Publish the leases that survived the restart before DHCP can renew any of them,
+            // in the order their bindings began: the first owner of a host name keeps it, as it
+            // did before the restart (a renewal racing the replay could otherwise take it).
+            let now = unix_now();
+            let stored =
+                dhcp::LeaseStore::load(&mut store).map_err(|err| RunError::LoadLeases { err })?;
+            let mut live = dhcp::LeaseTable::from_leases(stored, now).live_leases(now);
+            live.sort_by_key(|l| (l.seq, l.ip));
+            for lease in &live {
+                hooks.lease_bound(lease);
+            }
             let dhcp_deps = dhcp::Deps {
                 store,
                 hooks: hooks.clone(),
@@ -268,11 +286,6 @@ impl Services {
             let handle = dhcp::Server::start(cfg, dhcp_deps)
                 .await
                 .map_err(|err| RunError::Dhcp { err })?;
-            // Publish the leases that survived the restart.
-            let now = unix_now();
-            for lease in handle.leases().iter().filter(|l| l.is_live(now)) {
-                hooks.lease_bound(lease);
-            }
             services.dhcp = Some(handle);
         }
         if let Some(cfg) = settings.ra.clone() {

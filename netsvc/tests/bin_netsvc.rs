@@ -1,5 +1,5 @@
-//! The `netsvc` binary: exit codes, the `listening` line, a relayed exchange on loopback and
-//! SIGTERM draining to exit 0.
+//! The `netsvc` binary: exit codes, the `listening` line, a relayed exchange on loopback,
+//! SIGTERM draining to exit 0, and a DNS-only configuration answering from its zone files.
 
 mod support;
 
@@ -147,5 +147,49 @@ fn notifies_systemd_ready_after_binding() -> anyhow::Result<()> {
     let n = got.context("no sd_notify message")?;
     let msg = String::from_utf8_lossy(&buf[..n]);
     assert!(msg.lines().any(|l| l == "READY=1"), "{msg:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn dns_only_config_serves_its_zone_files() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let zone = dir.path().join("lab.zone");
+    std::fs::write(
+        &zone,
+        "$ORIGIN lab.test.\n$TTL 60\n\
+         @ IN SOA ns.lab.test. admin.lab.test. 42 3600 600 86400 30\n\
+         @ IN NS ns\nns IN A 192.0.2.53\nbmc7 IN A 192.0.2.7\n",
+    )?;
+    let (_cfg_dir, cfg) = config_dir(&format!(
+        "[dns]\nlisten = \"127.0.0.1:0\"\nzone_files = [{{ origin = \"lab.test.\", path = \"{}\" }}]\n",
+        zone.display()
+    ))?;
+    let mut srv = Netsvc::start_for(None, &["--config", &cfg], "dns").await?;
+    let addr: std::net::SocketAddr = srv.addr.parse().context("dns listening addr")?;
+    assert!(addr.port() != 0, "{addr}");
+    for transport in ["+notcp", "+tcp"] {
+        let mut dig = Command::new("dig");
+        dig.args([
+            &format!("@{}", addr.ip()),
+            "-p",
+            &addr.port().to_string(),
+            "+time=2",
+            "+tries=1",
+            "+short",
+            transport,
+        ]);
+        let a = common::run_cmd(dig.args(["bmc7.lab.test.", "A"]))?.stdout_lossy();
+        assert_eq!(a.trim(), "192.0.2.7", "{transport}; log:\n{}", srv.log());
+    }
+    // DNS only: nothing else was started.
+    let log = srv.log();
+    for proto in ["dhcp", "tftp", "http"] {
+        assert!(
+            !log.lines()
+                .any(|l| l.contains("\"listening\"") && l.contains(&format!("\"{proto}\""))),
+            "{proto} started:\n{log}"
+        );
+    }
+    assert_eq!(srv.term()?, Some(0), "log:\n{log}");
     Ok(())
 }

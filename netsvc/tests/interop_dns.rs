@@ -1,7 +1,10 @@
 //! Interop tests of the rack DNS server with stock `dig` (dnsutils), over UDP and TCP.
 //!
 //! Every test starts the real server in-process on its own loopback address (127.0.63.x, port
-//! picked by the kernel) and talks to it with `dig` or a raw UDP socket.
+//! picked by the kernel) and talks to it with `dig` or a raw UDP socket, except forwarding:
+//! two `netsvc` binaries in two network namespaces joined by a veth pair (needs root).
+
+mod support;
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::Path;
@@ -301,33 +304,76 @@ async fn zone_transfer_only_to_secondaries_and_notify_on_change() -> Result<()> 
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forwards_other_names_to_upstream_and_caches() -> Result<()> {
-    // The upstream is a second instance of our server, authoritative for another zone.
-    let mut up_cfg = Config::new(addr(9), Name::from_ascii("upstream.test.")?);
-    up_cfg.records = vec!["www IN A 192.0.2.80".into(), "www IN TXT \"hello\"".into()];
-    let upstream = start(up_cfg).await?;
-    upstream
-        .records()
-        .upsert_host("dyn", Ipv4Addr::new(192, 0, 2, 81), "o");
+/// `dig` run inside namespace `ns` against `server` (port 53); returns stdout.
+fn dig_in(ns: &str, server: &str, args: &[&str]) -> Result<String> {
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args(["netns", "exec", ns, "dig", "+time=2", "+tries=1"])
+        .arg(format!("@{server}"))
+        .args(args);
+    let out = common::run_cmd(&mut cmd).with_context(|| format!("dig {args:?} in {ns}"))?;
+    Ok(out.stdout_lossy())
+}
 
-    let mut cfg = base_config(10);
-    cfg.forwarders = vec![upstream.local_addr()];
-    let h = start(cfg).await?;
-    let s = h.local_addr();
-    assert_eq!(short(s, &["www.upstream.test."]).await?, ["192.0.2.80"]);
-    assert_eq!(
-        short(s, &["+tcp", "dyn.upstream.test."]).await?,
-        ["192.0.2.81"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwards_to_a_resolver_in_another_namespace_and_caches() -> Result<()> {
+    // Namespace `cli` runs the upstream: a second netsvc binary, authoritative for another
+    // zone. Namespace `srv` runs ours, forwarding to it across the veth pair.
+    let link = support::Link::new()?;
+    support::sh(&[
+        "ip",
+        "-n",
+        &link.cli,
+        "addr",
+        "add",
+        "10.61.1.2/24",
+        "dev",
+        &link.cli_if,
+    ])?;
+    let (_up_dir, up_cfg) = support::config_dir(
+        "[dns]\nlisten = \"10.61.1.2:53\"\ndomain = \"upstream.test\"\n\
+         records = [\"www IN A 192.0.2.80\", \"www IN TXT \\\"hello\\\"\", \"mail IN A 192.0.2.25\"]\n",
+    )?;
+    let mut upstream =
+        support::Netsvc::start_for(Some(&link.cli), &["--config", &up_cfg], "dns").await?;
+    let (_dir, cfg) = support::config_dir(
+        "[dns]\nlisten = \"10.61.1.1:53\"\ndomain = \"rack.test\"\nappliance = \"10.61.1.1\"\n\
+         forwarders = [\"10.61.1.2:53\"]\nforward_clients = [\"10.61.1.0/24\"]\n",
+    )?;
+    let ours = support::Netsvc::start_for(Some(&link.srv), &["--config", &cfg], "dns").await?;
+    let ask = |args: &[&str]| dig_in(&link.srv, "10.61.1.1", args);
+    let up_log = upstream.log.clone();
+    let log = || {
+        let up = up_log.lock().map(|l| l.clone()).unwrap_or_default();
+        format!("ours:\n{}\nupstream:\n{up}", ours.log())
+    };
+
+    let out = ask(&["www.upstream.test.", "A"]).with_context(log)?;
+    ensure!(status(&out) == Some("NOERROR"), "{out}\n{}", log());
+    ensure!(out.contains("192.0.2.80"), "{out}\n{}", log());
+    let txt = ask(&["+tcp", "+short", "www.upstream.test.", "TXT"])?;
+    ensure!(txt.trim() == "\"hello\"", "{txt}\n{}", log());
+    let nx = ask(&["missing.upstream.test."])?;
+    ensure!(status(&nx) == Some("NXDOMAIN"), "{nx}\n{}", log());
+
+    // The upstream goes away: what was asked before is answered from the cache, a name never
+    // asked is not (so the cached answer really came from the cache).
+    ensure!(
+        upstream.term()? == Some(0),
+        "upstream did not stop: {}",
+        log()
     );
-    let nx = dig(s, &["missing.upstream.test."]).await?;
-    assert_eq!(status(&nx), Some("NXDOMAIN"), "{nx}");
-    // Cached: still answered after the upstream is gone.
-    upstream.shutdown().await;
-    assert_eq!(short(s, &["www.upstream.test."]).await?, ["192.0.2.80"]);
+    let again = ask(&["+short", "www.upstream.test.", "A"])?;
+    ensure!(
+        again.trim() == "192.0.2.80",
+        "not cached: {again}\n{}",
+        log()
+    );
+    ensure!(ours.log().contains("forward cache hit"), "{}", log());
+    let fresh = ask(&["mail.upstream.test.", "A"])?;
+    ensure!(status(&fresh) == Some("SERVFAIL"), "{fresh}\n{}", log());
     // Our own zone is still ours.
-    assert_eq!(short(s, &["provisioner.rack.test."]).await?, ["10.63.0.1"]);
-    h.shutdown().await;
+    let own = ask(&["+short", "provisioner.rack.test."])?;
+    ensure!(own.trim() == "10.61.1.1", "{own}");
     Ok(())
 }
 

@@ -137,6 +137,9 @@ pub enum LabCmd {
         /// Where images are built and cached (default: `<dir>/images`).
         #[arg(long)]
         images: Option<std::path::PathBuf>,
+        /// Give up waiting (the lab keeps running) after this many seconds.
+        #[arg(long, default_value_t = 1800)]
+        timeout_secs: u64,
     },
     /// The servers of the running lab (`--json` for scripts).
     Status {
@@ -187,6 +190,7 @@ pub fn lab(cmd: LabCmd, json: bool) -> ExitCode {
             dir,
             templates,
             images,
+            timeout_secs,
         } => {
             // In a checkout the binary is target/<profile>/provisioner: templates are two up.
             let templates = templates.unwrap_or_else(|| {
@@ -212,6 +216,7 @@ pub fn lab(cmd: LabCmd, json: bool) -> ExitCode {
                 image_builder: sibling("image-builder"),
                 imager: sibling("imager"),
                 templates,
+                timeout: std::time::Duration::from_secs(timeout_secs),
             })
         }
         LabCmd::Status { dir } => lab::status(&dir, json),

@@ -53,6 +53,8 @@ pub struct LabOptions {
     pub imager: PathBuf,
     /// The repository's `templates/` folder.
     pub templates: PathBuf,
+    /// How long `up` waits for every server to be deployed or failed.
+    pub timeout: Duration,
 }
 
 fn state_file(dir: &Path) -> PathBuf {
@@ -209,6 +211,15 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<i32> {
         }
         if !state_pid(&state).is_some_and(pid_alive) {
             bail!("the lab supervisor died; its log:\n{}", log_tail(&opts.dir));
+        }
+        if started.elapsed() >= opts.timeout {
+            println!(
+                "lab: not every server finished within {:?}; the lab keeps running \
+                 (consoles in {})",
+                opts.timeout,
+                opts.dir.join("run").display()
+            );
+            return Ok(1);
         }
         std::thread::sleep(Duration::from_secs(2));
     }

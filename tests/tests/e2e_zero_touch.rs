@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, ensure};
-use rack_tests::{ImageBuilds, require_root, workspace_bin};
+use anyhow::{Context, Result, bail, ensure};
+use rack_tests::{ApplianceRack, Firmware, ImageBuilds, Qemu, require_root, workspace_bin};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -80,7 +80,7 @@ fn lab_up_deploys_a_bios_and_a_uefi_server_with_no_human_step() -> Result<()> {
     let images = builds()?.base;
     let started = Instant::now();
     let out = common::run_cmd(
-        lab(&dir, &["up", "--servers", "2"])
+        lab(&dir, &["up", "--servers", "2", "--timeout-secs", "1000"])
             .arg("--images")
             .arg(&images)
             .arg("--templates")
@@ -152,4 +152,168 @@ fn tokio_block_on<F: Future>(f: F) -> F::Output {
         .build()
         .expect("a current-thread runtime")
         .block_on(f)
+}
+
+fn blank_disk(dir: &Path, name: &str) -> Result<PathBuf> {
+    let disk = dir.join(format!("{name}.qcow2"));
+    common::run_cmd(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&disk)
+            .arg("4G"),
+    )?;
+    Ok(disk)
+}
+
+/// The host's record as the CLI shows it.
+fn host_json(app: &ApplianceRack, host: &str) -> Result<serde_json::Value> {
+    let out = app.cli(&["hosts", "show", host, "--json"])?;
+    serde_json::from_str(&out).with_context(|| format!("hosts show {host}: {out}"))
+}
+
+/// Waits until `pred` holds for the host's record; returns it.
+fn wait_host(
+    app: &ApplianceRack,
+    mac: &str,
+    vm: &Qemu,
+    timeout: Duration,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> Result<serde_json::Value> {
+    let deadline = Instant::now() + timeout;
+    let mut last = serde_json::Value::Null;
+    loop {
+        if let Ok(h) = host_json(app, mac) {
+            if pred(&h) {
+                return Ok(h);
+            }
+            last = h;
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "host {mac} not {what} within {timeout:?}: {last}\nconsole:\n{}",
+                vm.console()
+            );
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// Every artifact file of an imported image in the store.
+fn stored_artifacts(app: &ApplianceRack, image: &str) -> Result<Vec<PathBuf>> {
+    let dir = app.state_dir().join("images").join(image);
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(&dir).with_context(|| format!("read {}", dir.display()))? {
+        let p = e?.path();
+        if p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("disk.raw"))
+        {
+            files.push(p);
+        }
+    }
+    ensure!(!files.is_empty(), "no disk artifacts in {}", dir.display());
+    Ok(files)
+}
+
+/// Flips bytes in the middle of a file (in place); returns what was there.
+fn corrupt(file: &Path) -> Result<(u64, Vec<u8>)> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(file)?;
+    let at = f.metadata()?.len() / 2;
+    let mut old = vec![0u8; 4096];
+    f.seek(SeekFrom::Start(at))?;
+    f.read_exact(&mut old)?;
+    let flipped: Vec<u8> = old.iter().map(|b| !b).collect();
+    f.seek(SeekFrom::Start(at))?;
+    f.write_all(&flipped)?;
+    f.sync_all()?;
+    Ok((at, old))
+}
+
+fn restore(file: &Path, (at, old): &(u64, Vec<u8>)) -> Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new().write(true).open(file)?;
+    f.seek(SeekFrom::Start(*at))?;
+    f.write_all(old)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Bad input and crashes: a corrupted image (bytes flipped in the served copy) ends `failed`
+/// with a checksum reason and a wiped partition table; after the image is restored, `retry`
+/// deploys, and a kill -9 of the control node in the middle of that deploy loses nothing: the
+/// host completes.
+#[test]
+fn corrupted_image_fails_and_wipes_then_retry_survives_a_control_node_crash() -> Result<()> {
+    require_root()?;
+    let b = builds()?;
+    let golden = b.build(&repo().join("templates/images/minimal"), "minimal", &[])?;
+    let imager = workspace_bin("imager")?;
+    let ramdisk = b.build(
+        &repo().join("templates/images/deploy-ramdisk"),
+        "deploy-ramdisk",
+        &[format!("imager={}", imager.display())],
+    )?;
+    let tmp = tempfile::tempdir()?;
+    let mut app = ApplianceRack::start(&workspace_bin("provisioner")?, [75, 1], &ramdisk)?;
+    app.cli(&["images", "import", &golden.to_string_lossy()])?;
+    app.cli(&[
+        "rules",
+        "add",
+        "--image",
+        "minimal",
+        "--hostname",
+        "node-{mac}",
+    ])?;
+    let damaged: Vec<_> = stored_artifacts(&app, "minimal")?
+        .into_iter()
+        .map(|f| corrupt(&f).map(|old| (f, old)))
+        .collect::<Result<_>>()?;
+
+    let mac = "52:54:00:75:01:01";
+    let disk = blank_disk(tmp.path(), "server")?;
+    let vm = app.power_on(Firmware::Bios, mac, &disk)?;
+    let failed = wait_host(&app, mac, &vm, Duration::from_secs(600), "failed", |h| {
+        h["state"]["state"] == "failed"
+    })?;
+    let reason = failed["state"]["reason"].as_str().unwrap_or_default();
+    ensure!(
+        reason.contains("sha256") || reason.contains("checksum"),
+        "not a checksum failure: {failed}"
+    );
+    // The partition table is gone: nothing half-written can boot.
+    let head = tmp.path().join("head.raw");
+    common::run_cmd(
+        Command::new("qemu-img")
+            .args(["dd", "-U", "-f", "qcow2", "-O", "raw", "bs=1M", "count=1"])
+            .arg(format!("if={}", disk.display()))
+            .arg(format!("of={}", head.display())),
+    )?;
+    let first = std::fs::read(&head)?;
+    ensure!(
+        first.len() == 1 << 20 && first.iter().all(|b| *b == 0),
+        "the first MiB of a failed disk is not wiped"
+    );
+
+    // Restore the image, retry; kill -9 the control node while the image is being written.
+    for (f, old) in &damaged {
+        restore(f, old)?;
+    }
+    app.cli(&["hosts", "retry", mac])?;
+    wait_host(&app, mac, &vm, Duration::from_secs(300), "writing", |h| {
+        h["state"]["phase"] == "writing" && h["state"]["progress"]["done"].as_u64() > Some(0)
+    })?;
+    app.kill9();
+    app.restart()?;
+    let done = wait_host(&app, mac, &vm, Duration::from_secs(900), "deployed", |h| {
+        matches!(h["state"]["state"].as_str(), Some("deployed" | "failed"))
+    })?;
+    ensure!(done["state"]["state"] == "deployed", "{done}");
+    ensure!(done["inventory"]["disks"][0]["name"] == "vda", "{done}");
+    let events = app.cli(&["events", "--host", mac])?;
+    ensure!(events.contains("imaging_failed"), "{events}");
+    Ok(())
 }

@@ -57,6 +57,11 @@ pub struct Lease {
     pub expires: u64,
     /// Its state.
     pub state: LeaseState,
+    /// Where this binding stands in the order bindings began: taken from a counter that only
+    /// grows (across restarts too) when a client first binds an address or changes its
+    /// hostname; renewals keep it, and so does a move to another address under the same name.
+    /// Replaying leases by `seq` replays who got a name first (0: stored before it existed).
+    pub seq: u64,
 }
 
 impl Lease {
@@ -136,13 +141,27 @@ pub struct LeaseTable {
     slots: HashMap<Ipv4Addr, Slot>,
     last_ip: HashMap<MacAddr, Ipv4Addr>,
     cursor: u64,
+    /// The next [`Lease::seq`].
+    next_seq: u64,
 }
 
 impl LeaseTable {
     /// Rebuilds the table from stored leases (after a restart).
+    ///
+    /// A client holds one address: when the store has several live bindings of one MAC (a move
+    /// persists only the new address), the one that expires last wins and the others are free.
     pub fn from_leases(leases: impl IntoIterator<Item = Lease>, now: u64) -> Self {
+        let mut leases: Vec<Lease> = leases.into_iter().collect();
+        leases.sort_by_key(|l| (l.is_live(now), l.expires));
         let mut t = LeaseTable::default();
         for l in leases {
+            t.next_seq = t.next_seq.max(l.seq + 1);
+            if l.is_live(now)
+                && let Some(old) = t.last_ip.get(&l.mac).copied()
+                && matches!(t.slots.get(&old), Some(Slot::Held(h)) if h.mac == l.mac && h.is_live(now))
+            {
+                t.slots.remove(&old);
+            }
             t.last_ip.insert(l.mac, l.ip);
             let holds = matches!(l.state, LeaseState::Bound | LeaseState::Declined);
             if holds && l.expires > now {
@@ -168,6 +187,11 @@ impl LeaseTable {
             None => true,
             Some(holder) => holder == Some(mac),
         }
+    }
+
+    /// The table has a record of `mac`: an offer, or a lease in any state (stored ones too).
+    pub fn knows(&self, mac: MacAddr) -> bool {
+        self.last_ip.contains_key(&mac)
     }
 
     /// The live lease `mac` holds, if any.
@@ -245,6 +269,15 @@ impl LeaseTable {
         if !self.available_to(ip, mac, now) {
             return Err(Conflict { ip });
         }
+        // The binding this one continues, if any: this client's live lease of this address
+        // (a renewal) or of its previous one (a move), under the same hostname.
+        let continued = |slot: Option<&Slot>| match slot {
+            Some(Slot::Held(l)) if l.mac == mac && l.is_live(now) && l.hostname == hostname => {
+                Some(l.seq)
+            }
+            _ => None,
+        };
+        let mut seq = continued(self.slots.get(&ip));
         // A client holds one address: moving frees the old one.
         if let Some(old) = self.last_ip.insert(mac, ip).filter(|old| *old != ip)
             && match self.slots.get(&old) {
@@ -253,8 +286,10 @@ impl LeaseTable {
                 None => false,
             }
         {
+            seq = seq.or(continued(self.slots.get(&old)));
             self.slots.remove(&old);
         }
+        let seq = seq.unwrap_or_else(|| self.take_seq());
         let lease = Lease {
             ip,
             mac,
@@ -262,9 +297,17 @@ impl LeaseTable {
             hostname,
             expires,
             state: LeaseState::Bound,
+            seq,
         };
         self.slots.insert(ip, Slot::Held(lease.clone()));
         Ok(lease)
+    }
+
+    fn take_seq(&mut self) -> u64 {
+        // A table not built by `from_leases` starts at 1 too: 0 means "unknown".
+        let seq = self.next_seq.max(1);
+        self.next_seq = seq + 1;
+        seq
     }
 
     /// The client gave `ip` back. Returns the ended lease to persist.
@@ -297,6 +340,7 @@ impl LeaseTable {
             hostname: None,
             expires: until,
             state: LeaseState::Declined,
+            seq: self.take_seq(),
         };
         self.slots.insert(ip, Slot::Held(lease.clone()));
         self.last_ip.remove(&mac);
@@ -460,5 +504,58 @@ mod tests {
         t.bind(ip(11), A, None, None, 1, 100).expect("bind");
         assert!(t.available_to(ip(10), B, 2));
         assert_eq!(t.live_leases(2).len(), 1);
+    }
+
+    #[test]
+    fn seq_orders_bindings_and_survives_renewal_move_and_restart() {
+        let mut t = LeaseTable::default();
+        let web = || Some("web".to_owned());
+        let a = t.bind(ip(10), A, None, web(), 0, 100).expect("bind").seq;
+        let b = t.bind(ip(11), B, None, web(), 1, 100).expect("bind").seq;
+        assert!(0 < a && a < b, "{a} {b}");
+        // Renewing, or moving under the same name, continues the binding.
+        assert_eq!(
+            t.bind(ip(10), A, None, web(), 50, 150).expect("renew").seq,
+            a
+        );
+        assert_eq!(
+            t.bind(ip(12), A, None, web(), 60, 160).expect("move").seq,
+            a
+        );
+        // A new name, or binding again after the lease ran out, is a new binding.
+        let renamed = t
+            .bind(ip(11), B, None, Some("db".into()), 70, 170)
+            .expect("rename");
+        assert!(renamed.seq > b);
+        let late = t
+            .bind(ip(12), A, None, web(), 200, 300)
+            .expect("after expiry");
+        assert!(late.seq > renamed.seq);
+        // After a restart the counter goes on from the highest stored value.
+        let mut t2 = LeaseTable::from_leases([renamed.clone(), late.clone()], 250);
+        assert_eq!(
+            t2.bind(ip(12), A, None, web(), 260, 360)
+                .expect("renew")
+                .seq,
+            late.seq
+        );
+        assert!(t2.bind(ip(13), B, None, None, 260, 360).expect("bind").seq > late.seq);
+    }
+
+    #[test]
+    fn restart_keeps_one_address_per_client() {
+        let mut t = LeaseTable::default();
+        let old = t.bind(ip(10), A, None, None, 0, 200).expect("bind");
+        // The move persists only the new lease: the store still has both as bound.
+        let new = t.bind(ip(11), A, None, None, 10, 210).expect("move");
+        for stored in [
+            vec![old.clone(), new.clone()],
+            vec![new.clone(), old.clone()],
+        ] {
+            let t2 = LeaseTable::from_leases(stored, 50);
+            assert_eq!(t2.live_leases(50), vec![new.clone()]);
+            assert_eq!(t2.lease_of(A, 50).map(|l| l.ip), Some(ip(11)));
+            assert!(t2.available_to(ip(10), B, 50));
+        }
     }
 }

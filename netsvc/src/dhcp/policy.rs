@@ -333,9 +333,21 @@ pub(crate) fn dispatch(ctx: &mut Ctx<'_>, shared: &Shared) -> Flow {
             let acceptable = subnet.net.contains(&ip)
                 && (fixed == Some(ip) || (fixed.is_none() && pool.contains(ip) && !reserved(ip)));
             let expires = now + u64::from(lease_secs);
+            let mut table = shared.table();
+            // INIT-REBOOT (no server id, no ciaddr) from a client we have no record of: RFC 2131
+            // 4.3.2 says remain silent (another server may know it), unless the address is
+            // wrong for this link or taken, which earns the NAK below.
+            let init_reboot = ciaddr.is_unspecified() && req.server_id.is_none();
+            if acceptable
+                && init_reboot
+                && ctx.reservation.is_none()
+                && !table.knows(mac)
+                && table.available_to(ip, mac, now)
+            {
+                return Flow::Drop("init-reboot from a client without a record");
+            }
             let bound = if acceptable {
-                shared
-                    .table()
+                table
                     .bind(
                         ip,
                         mac,
@@ -348,6 +360,7 @@ pub(crate) fn dispatch(ctx: &mut Ctx<'_>, shared: &Shared) -> Flow {
             } else {
                 None
             };
+            drop(table);
             let Some(lease) = bound else {
                 return Flow::Reply(Box::new(Response {
                     reply: Some(nak(ctx, "requested address not available")),
@@ -618,5 +631,316 @@ pub fn fuzz_decide(bytes: &[u8]) -> Option<Vec<u8>> {
     match run(super::server::STAGES, &mut ctx, shared) {
         Flow::Reply(resp) => resp.reply.and_then(|(reply, _)| codec::encode(&reply).ok()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use dhcproto::Encodable;
+
+    use super::*;
+    use crate::dhcp::NoHooks;
+
+    const OUR: Ipv4Addr = Ipv4Addr::new(10, 61, 0, 1);
+    const NOW: u64 = 1_000_000;
+    /// Holds the pool's first address.
+    const A: [u8; 6] = [2, 0, 0, 0, 0, 0xa];
+    /// Knows nobody's address.
+    const B: [u8; 6] = [2, 0, 0, 0, 0, 0xb];
+    /// Has a config reservation (10.61.0.5, outside the pool).
+    const R: [u8; 6] = [2, 0, 0, 0, 0, 0xc];
+    /// Known to the inventory (the `reservation` hook), not to the config.
+    const K: [u8; 6] = [2, 0, 0, 0, 0, 0xd];
+
+    fn ip(last: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 61, 0, last)
+    }
+
+    /// The inventory knows K.
+    #[derive(Debug)]
+    struct Inventory;
+
+    impl DhcpHooks for Inventory {
+        fn reservation(&self, mac: MacAddr) -> Option<Reservation> {
+            (mac == MacAddr(K)).then(|| Reservation {
+                mac,
+                ip: ip(6),
+                hostname: None,
+            })
+        }
+    }
+
+    fn shared(unknown_clients: UnknownClients, hooks: Arc<dyn DhcpHooks>) -> Shared {
+        let cfg = Config {
+            unknown_clients,
+            subnets: vec![super::super::Subnet {
+                net: "10.61.0.0/24".parse().expect("net"),
+                pools: vec![(ip(10), ip(20))],
+                lease_time: std::time::Duration::from_secs(600),
+                routers: vec![],
+                dns_servers: vec![],
+                domain: None,
+                ntp_servers: vec![],
+                mtu: None,
+                routes: vec![],
+            }],
+            reservations: vec![Reservation {
+                mac: MacAddr(R),
+                ip: ip(5),
+                hostname: None,
+            }],
+            ..Config::default()
+        };
+        let s = Shared::new(cfg, LeaseTable::default(), hooks);
+        s.table()
+            .bind(ip(10), MacAddr(A), None, None, NOW - 10, NOW + 500)
+            .expect("A binds");
+        s
+    }
+
+    /// A request as it comes off the wire: encoded by dhcproto, decoded by our codec.
+    fn request(
+        mac: [u8; 6],
+        ty: MessageType,
+        ciaddr: Ipv4Addr,
+        giaddr: Ipv4Addr,
+        opts: Vec<DhcpOption>,
+    ) -> Request {
+        let mut m = v4::Message::new(
+            ciaddr,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            giaddr,
+            &mac,
+        );
+        m.opts_mut().insert(DhcpOption::MessageType(ty));
+        for o in opts {
+            m.opts_mut().insert(o);
+        }
+        codec::decode(&m.to_vec().expect("encodes")).expect("decodes")
+    }
+
+    /// What the pipeline did, reduced to what a client sees.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Seen {
+        Reply(MessageType, Dest),
+        /// State changed, nothing sent (RELEASE, DECLINE).
+        Silent,
+        Dropped(&'static str),
+    }
+
+    fn run_one(shared: &Shared, req: &Request) -> Seen {
+        let iface = Iface {
+            name: "t0".into(),
+            index: Some(1),
+            addr: OUR,
+        };
+        let mut ctx = Ctx::new(
+            req,
+            &iface,
+            Port::Dhcp,
+            SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68),
+            NOW,
+        );
+        match run(super::super::server::STAGES, &mut ctx, shared) {
+            Flow::Reply(r) => match r.reply {
+                Some((reply, dest)) => Seen::Reply(
+                    reply.msg.opts().msg_type().expect("replies have a type"),
+                    dest,
+                ),
+                None => Seen::Silent,
+            },
+            Flow::Drop(why) => Seen::Dropped(why),
+            Flow::Continue => unreachable!("run never returns Continue"),
+        }
+    }
+
+    #[test]
+    fn request_table_acks_naks_and_drops() {
+        use MessageType::{Ack, Nak, Request as Req};
+        let none = Ipv4Addr::UNSPECIFIED;
+        let relay = ip(254);
+        let want = |mac: Option<[u8; 6]>, yiaddr: Ipv4Addr| match mac {
+            Some(mac) => Dest::Hardware {
+                ip: yiaddr,
+                mac: MacAddr(mac),
+            },
+            None => Dest::Broadcast,
+        };
+        let asks = |a: Ipv4Addr| DhcpOption::RequestedIpAddress(a);
+        let sid = |a: Ipv4Addr| DhcpOption::ServerIdentifier(a);
+        let table: Vec<(&str, Request, Seen)> = vec![
+            (
+                "INIT-REBOOT, address of another network",
+                request(B, Req, none, none, vec![asks(Ipv4Addr::new(10, 99, 0, 5))]),
+                Seen::Reply(Nak, Dest::Broadcast),
+            ),
+            (
+                "INIT-REBOOT, our subnet outside the pool",
+                request(B, Req, none, none, vec![asks(ip(200))]),
+                Seen::Reply(Nak, Dest::Broadcast),
+            ),
+            (
+                "INIT-REBOOT, another client's reservation",
+                request(B, Req, none, none, vec![asks(ip(5))]),
+                Seen::Reply(Nak, Dest::Broadcast),
+            ),
+            (
+                "SELECTING us, address another client holds",
+                request(B, Req, none, none, vec![asks(ip(10)), sid(OUR)]),
+                Seen::Reply(Nak, Dest::Broadcast),
+            ),
+            (
+                "RENEWING an address another client holds",
+                request(B, Req, ip(10), none, vec![]),
+                Seen::Reply(Nak, Dest::Broadcast),
+            ),
+            (
+                "relayed INIT-REBOOT, foreign address: NAK to the relay",
+                request(B, Req, none, relay, vec![asks(Ipv4Addr::new(10, 99, 0, 5))]),
+                Seen::Reply(Nak, Dest::Relay(relay)),
+            ),
+            (
+                "reservation holder asking for a pool address",
+                request(R, Req, none, none, vec![asks(ip(11))]),
+                Seen::Reply(Nak, Dest::Broadcast),
+            ),
+            (
+                "RENEWING its own lease: unicast to ciaddr",
+                request(A, Req, ip(10), none, vec![]),
+                Seen::Reply(Ack, Dest::Unicast(SocketAddrV4::new(ip(10), 68))),
+            ),
+            (
+                "INIT-REBOOT with its own address",
+                request(A, Req, none, none, vec![asks(ip(10))]),
+                Seen::Reply(Ack, want(Some(A), ip(10))),
+            ),
+            (
+                "reservation holder asking for its reservation",
+                request(R, Req, none, none, vec![asks(ip(5)), sid(OUR)]),
+                Seen::Reply(Ack, want(Some(R), ip(5))),
+            ),
+            (
+                "INIT-REBOOT of a client without a record, free address: silent",
+                request(B, Req, none, none, vec![asks(ip(12))]),
+                Seen::Dropped("init-reboot from a client without a record"),
+            ),
+            (
+                "SELECTING us, free address, no record needed",
+                request(B, Req, none, none, vec![asks(ip(12)), sid(OUR)]),
+                Seen::Reply(Ack, want(Some(B), ip(12))),
+            ),
+            (
+                "SELECTING another server",
+                request(B, Req, none, none, vec![asks(ip(12)), sid(ip(2))]),
+                Seen::Dropped("client chose another server"),
+            ),
+            (
+                "REQUEST naming no address",
+                request(B, Req, none, none, vec![]),
+                Seen::Dropped("request without an address"),
+            ),
+        ];
+        for (what, req, seen) in table {
+            let s = shared(UnknownClients::All, Arc::new(NoHooks));
+            assert_eq!(run_one(&s, &req), seen, "{what}");
+            if let Seen::Reply(Nak, _) = seen {
+                // A NAK changes nothing: A still holds its address.
+                assert_eq!(
+                    s.table().lease_of(MacAddr(A), NOW).map(|l| l.ip),
+                    Some(ip(10)),
+                    "{what}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_client_policy_table() {
+        use MessageType::{Discover, Offer, Release};
+        use UnknownClients::{All, KnownOnly, PxeOnly};
+        let none = Ipv4Addr::UNSPECIFIED;
+        let pxe = || {
+            vec![
+                DhcpOption::ClassIdentifier(b"PXEClient:Arch:00000:UNDI:002001".to_vec()),
+                DhcpOption::ClientSystemArchitecture(0.into()),
+            ]
+        };
+        let clients: Vec<(&str, Request)> = vec![
+            ("plain, unknown", request(B, Discover, none, none, vec![])),
+            ("PXE, unknown", request(B, Discover, none, none, pxe())),
+            (
+                "iPXE, unknown",
+                request(
+                    B,
+                    Discover,
+                    none,
+                    none,
+                    vec![DhcpOption::UserClass(b"iPXE".to_vec())],
+                ),
+            ),
+            (
+                "UEFI HTTP, unknown",
+                request(
+                    B,
+                    Discover,
+                    none,
+                    none,
+                    vec![DhcpOption::ClassIdentifier(
+                        b"HTTPClient:Arch:00016:UNDI:003001".to_vec(),
+                    )],
+                ),
+            ),
+            (
+                "vendor class of a plain client",
+                request(
+                    B,
+                    Discover,
+                    none,
+                    none,
+                    vec![DhcpOption::ClassIdentifier(b"udhcp 1.35.0".to_vec())],
+                ),
+            ),
+            (
+                "plain, config reservation",
+                request(R, Discover, none, none, vec![]),
+            ),
+            (
+                "plain, inventory reservation",
+                request(K, Discover, none, none, vec![]),
+            ),
+            // Giving an address back is never refused by policy.
+            (
+                "RELEASE, unknown",
+                request(A, Release, ip(10), none, vec![]),
+            ),
+        ];
+        let offered = |mac: [u8; 6], at: u8| {
+            Seen::Reply(
+                Offer,
+                Dest::Hardware {
+                    ip: ip(at),
+                    mac: MacAddr(mac),
+                },
+            )
+        };
+        let refused = || Seen::Dropped("client not admitted by policy");
+        // Per client: (all, pxe-only, known-only).
+        let want: Vec<[Seen; 3]> = vec![
+            [offered(B, 11), refused(), refused()],
+            [offered(B, 11), offered(B, 11), refused()],
+            [offered(B, 11), offered(B, 11), refused()],
+            [offered(B, 11), offered(B, 11), refused()],
+            [offered(B, 11), refused(), refused()],
+            [offered(R, 5), offered(R, 5), offered(R, 5)],
+            [offered(K, 6), offered(K, 6), offered(K, 6)],
+            [Seen::Silent, Seen::Silent, Seen::Silent],
+        ];
+        for ((what, req), want) in clients.iter().zip(want) {
+            for (mode, want) in [All, PxeOnly, KnownOnly].into_iter().zip(want) {
+                let s = shared(mode, Arc::new(Inventory));
+                assert_eq!(run_one(&s, req), want, "{what} under {mode:?}");
+            }
+        }
     }
 }

@@ -89,10 +89,20 @@ impl SqliteLeaseStore {
                 client_id BLOB,
                 hostname TEXT,
                 expires INTEGER NOT NULL,
-                state TEXT NOT NULL
+                state TEXT NOT NULL,
+                seq INTEGER NOT NULL DEFAULT 0
             );",
         )
         .map_err(open_err)?;
+        // Databases from before `seq` existed get the column; their rows keep 0 ("unknown").
+        let has_seq = conn
+            .prepare("SELECT 1 FROM pragma_table_info('leases') WHERE name = 'seq'")
+            .and_then(|mut s| s.exists([]))
+            .map_err(open_err)?;
+        if !has_seq {
+            conn.execute_batch("ALTER TABLE leases ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;")
+                .map_err(open_err)?;
+        }
         Ok(SqliteLeaseStore {
             conn,
             path: path.to_owned(),
@@ -168,7 +178,7 @@ impl LeaseStore for SqliteLeaseStore {
     fn load(&mut self) -> Result<Vec<Lease>, Self::Error> {
         let mut stmt = self
             .conn
-            .prepare("SELECT ip, mac, client_id, hostname, expires, state FROM leases")
+            .prepare("SELECT ip, mac, client_id, hostname, expires, state, seq FROM leases")
             .map_err(|err| self.query_err("load leases", err))?;
         let rows = stmt
             .query_map([], |r| {
@@ -179,12 +189,13 @@ impl LeaseStore for SqliteLeaseStore {
                     r.get::<_, Option<String>>(3)?,
                     r.get::<_, i64>(4)?,
                     r.get::<_, String>(5)?,
+                    r.get::<_, i64>(6)?,
                 ))
             })
             .map_err(|err| self.query_err("load leases", err))?;
         let mut out = Vec::new();
         for row in rows {
-            let (ip, mac, client_id, hostname, expires, state) =
+            let (ip, mac, client_id, hostname, expires, state, seq) =
                 row.map_err(|err| self.query_err("load leases", err))?;
             // Rows this version did not write are skipped rather than guessed at.
             let (Ok(mac), Some(state)) = (mac.parse::<MacAddr>(), LeaseState::parse(&state)) else {
@@ -198,6 +209,7 @@ impl LeaseStore for SqliteLeaseStore {
                 hostname,
                 expires: u64::try_from(expires).unwrap_or(0),
                 state,
+                seq: u64::try_from(seq).unwrap_or(0),
             });
         }
         Ok(out)
@@ -217,8 +229,9 @@ impl LeaseStore for SqliteLeaseStore {
         {
             let mut stmt = tx
                 .prepare_cached(
-                    "INSERT OR REPLACE INTO leases (ip, mac, client_id, hostname, expires, state)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    "INSERT OR REPLACE INTO leases
+                     (ip, mac, client_id, hostname, expires, state, seq)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )
                 .map_err(|e| err("prepare upsert", e))?;
             for l in batch {
@@ -229,6 +242,7 @@ impl LeaseStore for SqliteLeaseStore {
                     l.hostname,
                     i64::try_from(l.expires).unwrap_or(i64::MAX),
                     l.state.as_str(),
+                    i64::try_from(l.seq).unwrap_or(i64::MAX),
                 ])
                 .map_err(|e| err("upsert lease", e))?;
             }
@@ -337,6 +351,7 @@ mod tests {
             hostname: Some(format!("h{last}")),
             expires: 1000,
             state,
+            seq: u64::from(last),
         }
     }
 
@@ -358,6 +373,28 @@ mod tests {
         assert_eq!(got, vec![a2, b]);
         assert_eq!(s.count_live(1500).expect("count"), 1);
         assert_eq!(s.count_live(2500).expect("count"), 0);
+    }
+
+    #[test]
+    fn databases_without_seq_are_migrated() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = Utf8PathBuf::from_path_buf(dir.path().join("l.sqlite")).expect("utf8");
+        let old = Connection::open(&path).expect("open");
+        old.execute_batch(
+            "CREATE TABLE leases (ip INTEGER PRIMARY KEY, mac TEXT NOT NULL, client_id BLOB,
+                hostname TEXT, expires INTEGER NOT NULL, state TEXT NOT NULL);
+             INSERT INTO leases VALUES (168430090, '02:00:00:00:00:0a', NULL, 'h', 1000, 'bound');",
+        )
+        .expect("old schema");
+        drop(old);
+        let mut s = SqliteLeaseStore::open(&path).expect("migrates");
+        let got = s.load().expect("load");
+        assert_eq!(got.len(), 1);
+        assert_eq!((got[0].ip, got[0].seq), (Ipv4Addr::new(10, 10, 10, 10), 0));
+        let mut l = got[0].clone();
+        l.seq = 7;
+        s.save(&[l.clone()]).expect("save");
+        assert_eq!(s.load().expect("load"), vec![l]);
     }
 
     #[tokio::test]

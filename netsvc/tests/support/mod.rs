@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+pub mod dhcp;
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// Runs a command, failing with its stderr.
@@ -92,6 +94,21 @@ impl Link {
         Ok(l)
     }
 
+    /// A second veth pair between the two namespaces, `{srv_if}x` (with `srv_addr`, a CIDR) and
+    /// `{cli_if}x` (no address), both up. Returns (server side, client side); removed with the
+    /// namespaces.
+    pub fn add_pair(&self, srv_addr: &str) -> anyhow::Result<(String, String)> {
+        let (s, c) = (format!("{}x", self.srv_if), format!("{}x", self.cli_if));
+        sh(&[
+            "ip", "link", "add", &s, "netns", &self.srv, "type", "veth", "peer", "name", &c,
+            "netns", &self.cli,
+        ])?;
+        sh(&["ip", "-n", &self.srv, "addr", "add", srv_addr, "dev", &s])?;
+        sh(&["ip", "-n", &self.srv, "link", "set", &s, "up"])?;
+        sh(&["ip", "-n", &self.cli, "link", "set", &c, "up"])?;
+        Ok((s, c))
+    }
+
     /// A command run inside namespace `ns`.
     pub fn cmd(ns: &str, argv: &[&str]) -> Command {
         let mut c = Command::new("ip");
@@ -118,6 +135,12 @@ impl Netsvc {
     /// Starts `netsvc ARGS` (in namespace `ns` when given) and waits for its DHCP
     /// `listening` line.
     pub async fn start(ns: Option<&str>, args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_for(ns, args, "dhcp").await
+    }
+
+    /// Starts `netsvc ARGS` (in namespace `ns` when given) and waits for the `listening` line
+    /// of `proto`; `addr` is the address that line reports.
+    pub async fn start_for(ns: Option<&str>, args: &[&str], proto: &str) -> anyhow::Result<Self> {
         let bin = env!("CARGO_BIN_EXE_netsvc");
         let mut c = match ns {
             Some(ns) => {
@@ -152,7 +175,7 @@ impl Netsvc {
             let log = s.log.lock().expect("log lock").clone();
             async move {
                 log.lines()
-                    .filter(|l| l.contains("\"listening\"") && l.contains("\"dhcp\""))
+                    .filter(|l| l.contains("\"listening\"") && l.contains(&format!("\"{proto}\"")))
                     .find_map(|l| {
                         let v: serde_json::Value = serde_json::from_str(l).ok()?;
                         v.get("addr")?.as_str().map(str::to_owned)
@@ -164,7 +187,10 @@ impl Netsvc {
             Some(a) => s.addr = a,
             None => {
                 let _ = s.child.kill();
-                bail!("netsvc did not report listening; log:\n{}", s.log());
+                bail!(
+                    "netsvc did not report listening for {proto}; log:\n{}",
+                    s.log()
+                );
             }
         }
         Ok(s)
