@@ -384,6 +384,31 @@ async fn corrupted_served_image_fails_verification_and_wipes_the_disk() {
     );
 }
 
+#[tokio::test]
+async fn missing_served_artifact_fails_the_write_with_the_http_status() {
+    let img = golden();
+    let rack = Rack::start(&img, false).await;
+    std::fs::remove_file(rack.served("disk.raw")).unwrap();
+    let client = Client::new(&rack.url(), Some(rack.pxe().await));
+    let instr = rack.to_deploy(&client).await;
+    let disk = rack.disk();
+    std::fs::write(&disk, vec![0x33u8; 3 * MIB]).unwrap();
+    let err = imager::image_disk(&client, &Console::capture(), &instr, &disk, false)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DeployError::Write(_)), "{err}");
+    let HostState::Failed { stage, reason, .. } = rack.state().await else {
+        panic!("host not failed");
+    };
+    assert_eq!(stage.to_string(), "write");
+    assert!(
+        reason.contains("download of `disk.raw` failed at offset 0") && reason.contains("404"),
+        "{reason}"
+    );
+    let on_disk = std::fs::read(&disk).unwrap();
+    assert!(on_disk[..MIB].iter().all(|&b| b == 0) && on_disk[2 * MIB..].iter().all(|&b| b == 0));
+}
+
 /// A request seen by the [`Cutter`]: path and Range header.
 type Seen = (String, Option<String>);
 

@@ -395,10 +395,13 @@ pub async fn run(settings: Settings, console: Console) -> ExitCode {
                 p
             }
             Err(err) => {
-                let msg = format!(
-                    "control node not answering ({}), retrying",
-                    common::ErrorChain(&err)
-                );
+                let msg = match err.status() {
+                    Some(status) => format!("control node answered {status}, retrying"),
+                    None => format!(
+                        "control node not answering ({}), retrying",
+                        common::ErrorChain(&err)
+                    ),
+                };
                 note(&console, &mut last, msg);
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(MAX_POLL_BACKOFF);
