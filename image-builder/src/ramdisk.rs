@@ -165,6 +165,13 @@ pub(crate) fn parse_readelf(text: &str) -> ElfNeeds {
     needs
 }
 
+fn is_elf(path: &Path) -> Result<bool, StageError> {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    let mut f = std::fs::File::open(path).map_err(io("read", path))?;
+    Ok(f.read_exact(&mut magic).is_ok() && magic == *b"\x7fELF")
+}
+
 fn elf_needs(path: &Path) -> Result<ElfNeeds, StageError> {
     let out = common::run_cmd(
         Command::new("readelf")
@@ -300,15 +307,28 @@ pub(crate) fn build(
     copy(&r.imager, &imager)?;
     std::fs::set_permissions(&imager, std::fs::Permissions::from_mode(0o755))
         .map_err(io("chmod", &imager))?;
-    let mut stripped = vec![imager.clone()];
-    for lib in library_closure(tree, &r.imager)? {
+    // A script (a test stand-in) runs under busybox sh: no libraries, nothing to strip.
+    let elf = is_elf(&imager)?;
+    let mut stripped = if elf {
+        vec![imager.clone()]
+    } else {
+        Vec::new()
+    };
+    let libs = if elf {
+        library_closure(tree, &r.imager)?
+    } else {
+        Vec::new()
+    };
+    for lib in libs {
         let dest = staging.join(&lib.dest);
         copy(&lib.source, &dest)?;
         std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))
             .map_err(io("chmod", &dest))?;
         stripped.push(dest);
     }
-    common::run_cmd(Command::new("strip").arg("--strip-debug").args(&stripped))?;
+    if !stripped.is_empty() {
+        common::run_cmd(Command::new("strip").arg("--strip-debug").args(&stripped))?;
+    }
     for f in files {
         write(
             &staging.join(f.spec.dest.trim_start_matches('/')),
@@ -380,6 +400,11 @@ mod tests {
         );
         assert_eq!(n.needed, ["libgcc_s.so.1", "libc.so.6"]);
         assert_eq!(parse_readelf("no dynamic section"), ElfNeeds::default());
+        let tmp = tempfile::tempdir().unwrap();
+        let script = tmp.path().join("stand-in.sh");
+        std::fs::write(&script, "#!/bin/sh\n").unwrap();
+        assert!(!is_elf(&script).unwrap());
+        assert!(is_elf(Path::new("/bin/sh")).unwrap());
     }
 
     /// A Debian-shaped tree (merged /usr, an absolute interpreter link) holding this build

@@ -90,6 +90,18 @@ struct Rack {
 
 impl Rack {
     async fn start(img: &[u8], with_zst: bool) -> Rack {
+        let rack = Rack::without_rules(img, with_zst).await;
+        let rule: NewRule = serde_json::from_value(serde_json::json!(
+            {"match": {"vendor": "qemu"}, "image": "golden", "hostname": "node-{serial}"}
+        ))
+        .unwrap();
+        rack.control.add_rule(rule).await.unwrap();
+        rack
+    }
+
+    /// The control node with the image imported but no deployment rule: nothing gets deployed
+    /// without an operator.
+    async fn without_rules(img: &[u8], with_zst: bool) -> Rack {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("inventory.db")).unwrap();
         let control = Control::new(store, ImageStore::new(dir.path().join("images")));
@@ -113,11 +125,6 @@ impl Rack {
             })
             .await
             .unwrap();
-        let rule: NewRule = serde_json::from_value(serde_json::json!(
-            {"match": {"vendor": "qemu"}, "image": "golden", "hostname": "node-{serial}"}
-        ))
-        .unwrap();
-        control.add_rule(rule).await.unwrap();
         Rack {
             dir,
             control,
@@ -377,6 +384,31 @@ async fn corrupted_served_image_fails_verification_and_wipes_the_disk() {
     );
 }
 
+#[tokio::test]
+async fn missing_served_artifact_fails_the_write_with_the_http_status() {
+    let img = golden();
+    let rack = Rack::start(&img, false).await;
+    std::fs::remove_file(rack.served("disk.raw")).unwrap();
+    let client = Client::new(&rack.url(), Some(rack.pxe().await));
+    let instr = rack.to_deploy(&client).await;
+    let disk = rack.disk();
+    std::fs::write(&disk, vec![0x33u8; 3 * MIB]).unwrap();
+    let err = imager::image_disk(&client, &Console::capture(), &instr, &disk, false)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DeployError::Write(_)), "{err}");
+    let HostState::Failed { stage, reason, .. } = rack.state().await else {
+        panic!("host not failed");
+    };
+    assert_eq!(stage.to_string(), "write");
+    assert!(
+        reason.contains("download of `disk.raw` failed at offset 0") && reason.contains("404"),
+        "{reason}"
+    );
+    let on_disk = std::fs::read(&disk).unwrap();
+    assert!(on_disk[..MIB].iter().all(|&b| b == 0) && on_disk[2 * MIB..].iter().all(|&b| b == 0));
+}
+
 /// A request seen by the [`Cutter`]: path and Range header.
 type Seen = (String, Option<String>);
 
@@ -501,4 +533,92 @@ async fn dropped_zstd_stream_continues_from_the_raw_image() {
     let offset = range_offset(ranges[1].1.as_deref());
     assert!(offset > 0 && offset < img.len() as u64, "{offset}");
     assert_eq!(sha(&std::fs::read(&disk).unwrap()), sha(&img));
+}
+
+/// The `imager` binary, killed on drop; its stdout (the console) collected line by line.
+struct ImagerProcess {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl ImagerProcess {
+    fn spawn(args: &[&str]) -> ImagerProcess {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_imager"))
+            .args(args)
+            .env_remove("PROVISIONER_URL")
+            .env_remove("PROVISIONER_SECRET")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        ImagerProcess {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a console line equal to `want`.
+    fn wait_line(&mut self, want: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !self.seen.iter().any(|l| l == want) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => self.seen.push(l),
+                Err(_) => panic!("no {want:?} in {:#?}", self.seen),
+            }
+        }
+    }
+}
+
+impl Drop for ImagerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn imager_binary_posts_this_machines_inventory_and_waits() {
+    // No rule matches (there is none), so the host waits in `ready`: nothing is written.
+    let rack = Rack::without_rules(&golden(), false).await;
+    let secret = rack.pxe().await;
+    let url = format!("--url={}", rack.url());
+    let secret_arg = format!("--secret={}", secret.expose());
+    let mut imager = ImagerProcess::spawn(&[&url, &secret_arg]);
+    imager.wait_line(&format!("IMAGER: starting, control node {}", rack.url()));
+    let detail = common::wait_for(std::time::Duration::from_secs(30), || async {
+        let d = rack.control.host(&MAC.to_string()).await.ok()?;
+        d.inventory.is_some().then_some(d)
+    })
+    .await
+    .expect("inventory posted");
+    assert_eq!(detail.host.state.name(), StateName::Ready);
+    assert!(detail.inventory.unwrap().cpu_count >= 1);
+    imager.wait_line("IMAGER: waiting for a deployment");
+    assert!(
+        imager
+            .seen
+            .iter()
+            .any(|l| l.starts_with("IMAGER: inventory posted ("))
+    );
+    assert!(!imager.seen.join("\n").contains(secret.expose()));
+}
+
+#[test]
+fn imager_binary_without_url_says_so_and_exits_2() {
+    let mut imager = ImagerProcess::spawn(&["--secret=TOPSECRET"]);
+    imager.wait_line("IMAGER: error: missing --url (kernel argument provisioner.url=)");
+    assert_eq!(imager.child.wait().unwrap().code(), Some(2));
+    assert!(!imager.seen.join("\n").contains("TOPSECRET"));
 }

@@ -182,17 +182,24 @@ pub struct Verified {
     target: write::Target,
 }
 
-/// Posts a result, retrying while the control node is unreachable or failing (5xx).
+/// Posts a result, retrying while the control node is unreachable or failing (5xx). A conflict
+/// after a lost answer means the earlier attempt landed: the result counts as delivered.
 async fn report(client: &Client, result: &ImagingResult) -> Result<(), ClientError> {
     let mut attempt = 0;
+    let mut lost_answer = false;
     loop {
         match client.report_result(result).await {
             Ok(_) => return Ok(()),
+            Err(err) if lost_answer && err.status() == Some(reqwest::StatusCode::CONFLICT) => {
+                warn!(error = %common::ErrorChain(&err), "result already taken by an earlier attempt");
+                return Ok(());
+            }
             Err(err)
                 if attempt + 1 < RESULT_ATTEMPTS
                     && err.status().is_none_or(|s| s.is_server_error()) =>
             {
                 warn!(error = %common::ErrorChain(&err), attempt, "result report failed, retrying");
+                lost_answer |= err.status().is_none();
                 attempt += 1;
                 tokio::time::sleep(Duration::from_secs(u64::from(attempt.min(5)))).await;
             }
@@ -388,10 +395,13 @@ pub async fn run(settings: Settings, console: Console) -> ExitCode {
                 p
             }
             Err(err) => {
-                let msg = format!(
-                    "control node not answering ({}), retrying",
-                    common::ErrorChain(&err)
-                );
+                let msg = match err.status() {
+                    Some(status) => format!("control node answered {status}, retrying"),
+                    None => format!(
+                        "control node not answering ({}), retrying",
+                        common::ErrorChain(&err)
+                    ),
+                };
                 note(&console, &mut last, msg);
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(MAX_POLL_BACKOFF);

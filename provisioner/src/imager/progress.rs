@@ -1,5 +1,6 @@
-//! Progress of a long phase, sent to the control node at most once a second and printed on the
-//! console every few percent.
+//! Progress of a long phase, sent to the control node at most once a second and only every few
+//! percent (or every [`KEEPALIVE`] when it is slow), and printed on the console every 5 %. Each
+//! report is an event in the control node's log, so a deploy makes about fifty, not one a second.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +18,10 @@ use crate::client::Client;
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 /// Least percentage step between two console lines.
 const PRINT_STEP: u64 = 5;
+/// Least percentage step between two progress reports.
+const REPORT_STEP: u64 = 2;
+/// A report goes out after this long even without [`REPORT_STEP`] percent of progress.
+const KEEPALIVE: Duration = Duration::from_secs(10);
 
 /// Reports the position a worker publishes in [`Reporter::position`] until finished.
 #[derive(Debug)]
@@ -65,7 +70,7 @@ impl Reporter {
             );
             tokio::spawn(async move {
                 let mut st = State::default();
-                let mut posted = None;
+                let mut posted: Option<(u64, u64, tokio::time::Instant)> = None;
                 let mut tick = tokio::time::interval(REPORT_EVERY);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 tick.tick().await; // The first tick is immediate.
@@ -75,16 +80,19 @@ impl Reporter {
                         _ = tick.tick() => {}
                     }
                     let done = pos.load(Ordering::Relaxed);
-                    if posted == Some(done) {
-                        continue;
-                    }
-                    posted = Some(done);
                     let progress = Progress { done, total };
                     let pct = progress.percent();
                     if st.printed.is_none_or(|p| pct >= p + PRINT_STEP) {
                         console.say(&line(phase, &label, pct));
                         st.printed = Some(pct);
                     }
+                    let due = posted.is_none_or(|(d, p, at)| {
+                        d != done && (pct >= p + REPORT_STEP || at.elapsed() >= KEEPALIVE)
+                    });
+                    if !due {
+                        continue;
+                    }
+                    posted = Some((done, pct, tokio::time::Instant::now()));
                     if let Err(err) = client
                         .report_progress(&ProgressReport { phase, progress })
                         .await

@@ -658,8 +658,10 @@ pub(crate) async fn write_image(
         Ok(r) => r,
         Err(_) => Err(WriteError::Worker { path }),
     };
-    // A worker error explains a feed that stopped (its channel closed): report the cause.
+    // A worker error explains a feed that stopped (its channel closed): report the cause. A
+    // short image is the worker's view of a failed download: then the download error says why.
     let result = match (result, fed) {
+        (Err(WriteError::Short { .. }), Err(e)) => Err(e),
         (Err(e), _) => Err(e),
         (Ok(_), Err(e)) => Err(e),
         (Ok(v), Ok(())) => Ok(v),
