@@ -187,7 +187,17 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<i32> {
     loop {
         let rows = rows(&state)?;
         let table = table(&rows);
-        if table != last {
+        // On a terminal the table is redrawn as time passes; in a log, only when a server moves.
+        let key = if tty {
+            table.clone()
+        } else {
+            let mut moved = rows.clone();
+            for r in &mut moved {
+                r["elapsed_secs"] = Value::Null;
+            }
+            serde_json::to_string(&moved)?
+        };
+        if key != last {
             let mut out = std::io::stdout().lock();
             if tty {
                 // Redraw in place: home, clear.
@@ -195,7 +205,7 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<i32> {
             }
             write!(out, "{table}")?;
             out.flush()?;
-            last = table;
+            last = key;
         }
         let finished = rows
             .iter()
