@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 /// The stages of a build, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
     /// debootstrap/mmdebstrap with the package set (cached by its key).
