@@ -366,6 +366,13 @@ pub(crate) fn run(
         }
     }
 
+    // The build machine's resolver must not ship: systemd-resolved's postinst keeps the
+    // resolv.conf the bootstrap copied in from the host as a backup.
+    let bak = root.join("etc/.resolv.conf.systemd-resolved.bak");
+    if bak.symlink_metadata().is_ok() {
+        std::fs::remove_file(&bak).map_err(io("remove file", &bak))?;
+    }
+
     // Identity that must be unique per machine: regenerated on first boot.
     if spec.firstboot.regenerate_machine_id {
         install(root, "/etc/machine-id", b"", 0o444)?;
