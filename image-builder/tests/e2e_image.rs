@@ -460,6 +460,7 @@ fn tarball_has_the_templates_users_settings_services_and_hook_effects() -> Resul
             "etc/group",
             "etc/hostname",
             "etc/hosts",
+            "etc/resolv.conf",
             "etc/timezone",
             "etc/default/locale",
             "home/ci/.ssh/authorized_keys",
@@ -516,7 +517,8 @@ fn tarball_has_the_templates_users_settings_services_and_hook_effects() -> Resul
     let home = member(&t, "home/ci")?;
     assert_eq!((home.uid, home.gid), (uid, gid));
 
-    // System settings.
+    // System settings; the build machine's resolver is not shipped.
+    assert_eq!(member(&t, "etc/resolv.conf")?.text(), "");
     assert_eq!(member(&t, "etc/hostname")?.text(), "minimal\n");
     assert!(
         member(&t, "etc/hosts")?
@@ -867,6 +869,7 @@ fn debootstrap_builds_a_rootfs_from_the_machines_mirror() -> Result<()> {
             "etc/debian_version",
             "etc/apt/sources.list",
             "etc/hostname",
+            "etc/resolv.conf",
             "etc/issue.d/image-builder.issue",
         ],
     )?;
@@ -877,23 +880,33 @@ fn debootstrap_builds_a_rootfs_from_the_machines_mirror() -> Result<()> {
         member(&t, "etc/issue.d/image-builder.issue")?.text(),
         "bootstrapped by debootstrap: debootstrap-rootfs 0.1\n"
     );
-    // debootstrap wrote the machine's own mirror into the image and left no downloads behind.
+    // The image has every source of the machine's for the suite (debootstrap itself uses the
+    // first only), and no apt lists, downloads or build-machine resolver are left behind.
     let sources = member(&t, "etc/apt/sources.list")?.text();
-    let machine = image_builder::mirror::machine_sources(Path::new("/etc/apt"))?;
-    let uri = &machine
-        .iter()
-        .find(|l| l.suite == "bookworm")
-        .context("a bookworm source on this machine")?
-        .uri;
-    assert!(
-        sources.contains(&format!("{uri} bookworm main")),
-        "{sources}"
-    );
-    let debs: Vec<&String> = t
-        .keys()
-        .filter(|n| n.starts_with("var/cache/apt/archives/") && n.ends_with(".deb"))
+    let apt = Path::new("/etc/apt");
+    let machine = image_builder::mirror::machine_sources(apt)?;
+    let wanted = image_builder::mirror::for_suite(apt, &machine, "bookworm")?;
+    let got: Vec<&str> = sources.lines().collect();
+    let want: Vec<String> = wanted
+        .into_iter()
+        .map(|l| {
+            image_builder::mirror::AptLine {
+                components: vec!["main".into()],
+                ..l
+            }
+            .one_line()
+        })
         .collect();
-    assert!(debs.is_empty(), "{debs:?}");
+    assert_eq!(got, want);
+    let left: Vec<&String> = t
+        .keys()
+        .filter(|n| {
+            let apt_file = n.starts_with("var/lib/apt/lists/") || n.starts_with("var/cache/apt/");
+            apt_file && t[*n].kind == tar::EntryType::Regular && !n.ends_with("/lock")
+        })
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(member(&t, "etc/resolv.conf")?.text(), "");
 
     // No hooks: customise worked on a hardlink farm of the cached tree, which is unchanged.
     let key = m["bootstrap_key"].as_str().context("bootstrap_key")?;
