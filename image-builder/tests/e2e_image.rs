@@ -218,7 +218,9 @@ impl Qemu {
             let log = log.clone();
             async move {
                 let text = std::fs::read(&log).ok()?;
-                String::from_utf8_lossy(&text)
+                // Whole lines only: QEMU may have written half of the marker's line so far.
+                let end = text.iter().rposition(|b| *b == b'\n')?;
+                String::from_utf8_lossy(&text[..end])
                     .lines()
                     .find(|l| l.contains(marker))
                     .map(|l| l.trim().to_owned())
