@@ -134,9 +134,54 @@ pub(crate) fn run(inputs: &BootstrapInputs, dir: &Path, scratch: &Path) -> Resul
             }
             cmd.arg(&inputs.suite).arg(dir).arg(mirror);
             common::run_cmd(&mut cmd)?;
-            // debootstrap leaves its downloads behind; mmdebstrap cleans them by itself.
-            let _ = std::fs::remove_dir_all(dir.join("var/cache/apt/archives"));
-            let _ = std::fs::create_dir_all(dir.join("var/cache/apt/archives/partial"));
+            debootstrap_finish(inputs, dir)?;
+        }
+    }
+    Ok(())
+}
+
+/// debootstrap installs from the first source only and leaves apt's lists and downloads
+/// behind: give the tree every source of the suite (`-updates`, `-security`), bring it up to
+/// date from them and clean up, so that it matches what mmdebstrap makes.
+fn debootstrap_finish(inputs: &BootstrapInputs, dir: &Path) -> Result<(), StageError> {
+    let list = dir.join("etc/apt/sources.list");
+    let mut lines = inputs.mirrors.join("\n");
+    lines.push('\n');
+    std::fs::write(&list, lines).map_err(|err| StageError::Io {
+        what: "write",
+        path: list.clone(),
+        err,
+    })?;
+    if inputs.mirrors.len() > 1 {
+        let mut cmd = Command::new("unshare");
+        cmd.env_clear()
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .env("LC_ALL", "C.UTF-8")
+            .args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
+            .arg(concat!(
+                "mount -t proc proc \"$1/proc\" && mount -t sysfs sys \"$1/sys\" && ",
+                "mount --rbind /dev \"$1/dev\" && exec chroot \"$1\" /bin/sh -ec '",
+                "apt-get -qq update; ",
+                "apt-get -qq -y -o Dpkg::Options::=--force-unsafe-io dist-upgrade'"
+            ))
+            .arg("debootstrap-upgrade")
+            .arg(dir);
+        common::run_cmd(&mut cmd)?;
+    }
+    let _ = std::fs::remove_dir_all(dir.join("var/cache/apt/archives"));
+    let _ = std::fs::create_dir_all(dir.join("var/cache/apt/archives/partial"));
+    for d in ["var/lib/apt/lists", "var/cache/apt"] {
+        let Ok(entries) = std::fs::read_dir(dir.join(d)) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_file()) && e.file_name() != "lock" {
+                let _ = std::fs::remove_file(e.path());
+            }
         }
     }
     Ok(())

@@ -3,7 +3,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
 
@@ -152,7 +153,7 @@ fn required_tools(spec: &Spec) -> Vec<(&'static str, &'static str)> {
                 ("cpio", "cpio"),
             ]);
         }
-        Kind::Disk => {
+        Kind::Disk | Kind::Rootfs => {
             t.push(match spec.bootstrap.tool {
                 crate::BootstrapTool::Debootstrap => ("debootstrap", "debootstrap"),
                 crate::BootstrapTool::Mmdebstrap => ("mmdebstrap", "mmdebstrap"),
@@ -161,24 +162,28 @@ fn required_tools(spec: &Spec) -> Vec<(&'static str, &'static str)> {
                 ("systemctl", "systemd"),
                 ("useradd", "passwd"),
                 ("unshare", "util-linux"),
-                ("sfdisk", "fdisk"),
-                ("mkfs.ext4", "e2fsprogs"),
-                ("mkfs.vfat", "dosfstools"),
-                ("mcopy", "mtools"),
-                ("qemu-img", "qemu-utils"),
             ]);
-            if spec.disk.boot.bios() {
-                t.extend([
-                    ("syslinux", "syslinux"),
-                    ("/usr/lib/SYSLINUX/gptmbr.bin", "syslinux-common"),
-                ]);
-            }
-            if spec.disk.boot.uefi() {
-                t.push((
-                    "/usr/lib/systemd/boot/efi/systemd-bootx64.efi",
-                    "systemd-boot-efi",
-                ));
-            }
+        }
+    }
+    if spec.kind == Kind::Disk {
+        t.extend([
+            ("sfdisk", "fdisk"),
+            ("mkfs.ext4", "e2fsprogs"),
+            ("mkfs.vfat", "dosfstools"),
+            ("mcopy", "mtools"),
+            ("qemu-img", "qemu-utils"),
+        ]);
+        if spec.disk.boot.bios() {
+            t.extend([
+                ("syslinux", "syslinux"),
+                ("/usr/lib/SYSLINUX/gptmbr.bin", "syslinux-common"),
+            ]);
+        }
+        if spec.disk.boot.uefi() {
+            t.push((
+                "/usr/lib/systemd/boot/efi/systemd-bootx64.efi",
+                "systemd-boot-efi",
+            ));
         }
     }
     t
@@ -231,11 +236,11 @@ pub struct StageKeys {
     pub bootstrap: StageKey,
     /// Customise (disk) or initramfs (ramdisk) key.
     pub customise: StageKey,
-    /// Artifact keys after customise.
+    /// `rootfs.tar.zst` key (disk and rootfs builds).
     pub rootfs: Option<StageKey>,
-    /// `disk.raw` key.
+    /// `disk.raw` key (disk builds).
     pub disk: Option<StageKey>,
-    /// `disk.qcow2` key.
+    /// `disk.qcow2` key (disk builds).
     pub qcow2: Option<StageKey>,
 }
 
@@ -278,19 +283,24 @@ pub fn plan(opts: &BuildOptions) -> Result<Plan, BuildError> {
     let bkey = bootstrap.key();
     let files = customise::render_files(&spec).map_err(stage(Stage::Customise))?;
     let keys = match spec.kind {
-        Kind::Disk => {
+        Kind::Disk | Kind::Rootfs => {
             let c = CustomiseInputs::new(&spec, &files, opts.source_date_epoch)
                 .map_err(stage(Stage::Customise))?;
             let ckey = c.key(&bkey);
             let rootfs = stage_key("rootfs", Some(&ckey), &opts.source_date_epoch);
-            let dkey = disk::key(&ckey, &spec.disk);
-            let qkey = stage_key("qcow2", Some(&dkey), &spec.disk.qcow2_compress);
+            let (disk, qcow2) = if spec.kind == Kind::Disk {
+                let dkey = disk::key(&ckey, &spec.disk);
+                let qkey = stage_key("qcow2", Some(&dkey), &spec.disk.qcow2_compress);
+                (Some(dkey), Some(qkey))
+            } else {
+                (None, None)
+            };
             StageKeys {
                 bootstrap: bkey,
                 customise: ckey,
                 rootfs: Some(rootfs),
-                disk: Some(dkey),
-                qcow2: Some(qkey),
+                disk,
+                qcow2,
             }
         }
         Kind::Ramdisk => {
@@ -334,40 +344,136 @@ fn timed<T>(
     Ok(v)
 }
 
-/// Returns the cached bootstrap tree, building it first if needed.
-fn bootstrap_tree(
+/// Tells apart the temporary directories of concurrent stages of one process.
+static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// How many entries the cache keeps per stage after bootstrap, most recently used first: each
+/// one-file change of a template adds a tree and its disks. Bootstrap trees (slow to make, and
+/// whose keys change only with the package set) stay until removed by hand.
+const CACHE_KEEP: usize = 4;
+
+/// Marks a cache entry as just used.
+fn touch(dir: &Path) {
+    if let Err(err) = std::fs::File::open(dir).and_then(|f| f.set_modified(SystemTime::now())) {
+        tracing::debug!(dir = %dir.display(), error = %common::ErrorChain(&err), "cache entry not touched");
+    }
+}
+
+/// Removes all but the `CACHE_KEEP` most recently used entries under `root`, never `current`.
+/// A build still reading an evicted entry (more than `CACHE_KEEP` concurrent builds of one
+/// stage) would fail; entries are large enough that an unbounded cache is the worse problem.
+fn prune(root: &Path, current: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    let mut entries: Vec<(SystemTime, PathBuf)> = entries
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    entries.sort_by_key(|e| std::cmp::Reverse(e.0));
+    for (_, path) in entries.into_iter().skip(CACHE_KEEP) {
+        if path == current {
+            continue;
+        }
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => tracing::debug!(entry = %path.display(), "cache entry evicted"),
+            Err(err) => {
+                tracing::warn!(entry = %path.display(), error = %common::ErrorChain(&err), "cache entry not evicted");
+            }
+        }
+    }
+}
+
+/// Returns the cache directory of `stage` under `key` (`CACHE/<stage>/<key>`), running
+/// `produce(dir, scratch)` first if there is none. `dir` does not exist yet when `produce` is
+/// called; it is renamed into the cache only when `produce` succeeded, so an entry that exists
+/// is complete.
+fn cached_dir(
     opts: &BuildOptions,
-    plan: &Plan,
     reporter: &dyn Reporter,
+    stage: Stage,
+    key: &StageKey,
+    produce: impl FnOnce(&Path, &Path) -> Result<(), StageError>,
 ) -> Result<PathBuf, BuildError> {
-    let key = &plan.keys.bootstrap;
-    let root = opts.cache_dir.join("bootstrap");
+    let root = opts.cache_dir.join(stage.as_str());
     let dir = root.join(&key.0);
+    let bounded = stage != Stage::Bootstrap;
     if dir.is_dir() {
+        if bounded {
+            touch(&dir);
+        }
         reporter.event(&Event::StageCached {
-            stage: Stage::Bootstrap,
+            stage,
             key: key.0.clone(),
         });
         return Ok(dir);
     }
     std::fs::create_dir_all(&root).map_err(out_err("create cache directory", &root))?;
+    let tag = format!(
+        "{}-{}",
+        std::process::id(),
+        TEMP_SEQ.fetch_add(1, Ordering::Relaxed)
+    );
     let tmp = TempDir {
-        path: root.join(format!(".{}.tmp-{}", key.0, std::process::id())),
+        path: root.join(format!(".{}.tmp-{tag}", key.0)),
     };
     let scratch = TempDir {
-        path: root.join(format!(".{}.scratch-{}", key.0, std::process::id())),
+        path: root.join(format!(".{}.scratch-{tag}", key.0)),
     };
+    for d in [&tmp.path, &scratch.path] {
+        if d.symlink_metadata().is_ok() {
+            std::fs::remove_dir_all(d).map_err(out_err("remove leftover", d))?;
+        }
+    }
     std::fs::create_dir_all(&scratch.path).map_err(out_err("create directory", &scratch.path))?;
-    timed(reporter, Stage::Bootstrap, key, || {
-        bootstrap::run(&plan.bootstrap, &tmp.path, &scratch.path)
-    })?;
+    timed(reporter, stage, key, || produce(&tmp.path, &scratch.path))?;
     match std::fs::rename(&tmp.path, &dir) {
         Ok(()) => {}
         // Another build finished the same key first: use theirs.
         Err(_) if dir.is_dir() => {}
         Err(err) => return Err(out_err("store cache entry", &dir)(err)),
     }
+    if bounded {
+        touch(&dir);
+        prune(&root, &dir);
+    }
     Ok(dir)
+}
+
+/// Puts the files `names` of `stage`'s cached output under `key` into `out`, producing them
+/// first (`produce(dir, scratch)` writes them into `dir`) if the cache has none. The output
+/// gets copies, never links: booting or editing an output must not change the cache.
+fn cached_files(
+    opts: &BuildOptions,
+    reporter: &dyn Reporter,
+    stage: Stage,
+    key: &StageKey,
+    names: &[&str],
+    out: &Path,
+    produce: impl FnOnce(&Path, &Path) -> Result<(), StageError>,
+) -> Result<(), BuildError> {
+    let dir = cached_dir(opts, reporter, stage, key, |dir, scratch| {
+        std::fs::create_dir(dir).map_err(|err| StageError::Io {
+            what: "create directory",
+            path: dir.to_owned(),
+            err,
+        })?;
+        produce(dir, scratch)
+    })?;
+    for name in names {
+        common::run_cmd(
+            Command::new("cp")
+                .args(["--sparse=always", "--reflink=auto"])
+                .arg(dir.join(name))
+                .arg(out.join(name)),
+        )
+        .map_err(|err| BuildError::Stage {
+            stage,
+            err: err.into(),
+        })?;
+    }
+    Ok(())
 }
 
 /// Builds the template described by `opts`, reporting progress to `reporter`.
@@ -395,97 +501,129 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildOutput
     let tmp = TempDir {
         path: parent.join(format!(".{name}.tmp-{pid}")),
     };
-    let work = TempDir {
-        path: parent.join(format!(".{name}.work-{pid}")),
-    };
-    for d in [&tmp.path, &work.path] {
-        if d.exists() {
-            std::fs::remove_dir_all(d).map_err(out_err("remove leftover", d))?;
-        }
-        std::fs::create_dir_all(d).map_err(out_err("create directory", d))?;
+    if tmp.path.symlink_metadata().is_ok() {
+        std::fs::remove_dir_all(&tmp.path).map_err(out_err("remove leftover", &tmp.path))?;
     }
+    std::fs::create_dir_all(&tmp.path).map_err(out_err("create directory", &tmp.path))?;
 
-    let tree = bootstrap_tree(opts, &plan, reporter)?;
     let spec = &plan.spec;
     let keys = &plan.keys;
+    let sde = opts.source_date_epoch;
+    let tree = cached_dir(
+        opts,
+        reporter,
+        Stage::Bootstrap,
+        &keys.bootstrap,
+        |dir, scratch| bootstrap::run(&plan.bootstrap, dir, scratch),
+    )?;
     let mut extra = manifest::Extra::default();
-    let packages = manifest::dpkg_packages(&tree);
-    match spec.kind {
-        Kind::Disk => {
-            let rootfs = work.path.join("rootfs");
-            timed(reporter, Stage::Customise, &keys.customise, || {
-                common::run_cmd(
-                    Command::new("cp")
-                        .arg(customise::copy_mode(spec))
-                        .arg(&tree)
-                        .arg(&rootfs),
-                )?;
-                customise::run(spec, &plan.files, &rootfs, opts.source_date_epoch, reporter)
-            })?;
+    let packages = match spec.kind {
+        Kind::Disk | Kind::Rootfs => {
+            // The customised tree is cached too; the artifacts below only read it.
+            let rootfs = cached_dir(
+                opts,
+                reporter,
+                Stage::Customise,
+                &keys.customise,
+                |dir, _| {
+                    common::run_cmd(
+                        Command::new("cp")
+                            .arg(customise::copy_mode(spec))
+                            .arg(&tree)
+                            .arg(dir),
+                    )?;
+                    customise::run(spec, &plan.files, dir, sde, reporter)
+                },
+            )?;
             let rkey = keys
                 .rootfs
                 .as_ref()
-                .expect("invariant: disk plans have a rootfs key");
-            let dkey = keys
-                .disk
-                .as_ref()
-                .expect("invariant: disk plans have a disk key");
-            let qkey = keys
-                .qcow2
-                .as_ref()
-                .expect("invariant: disk plans have a qcow2 key");
-            let ids = DiskIds::new(dkey);
-            let raw = tmp.path.join("disk.raw");
-            // The tarball and the disks only read the tree: build them side by side.
-            let (tar, disks) = std::thread::scope(|s| {
-                let tar = s.spawn(|| {
-                    timed(reporter, Stage::Rootfs, rkey, || {
+                .expect("invariant: disk and rootfs plans have a rootfs key");
+            let tarball = || {
+                cached_files(
+                    opts,
+                    reporter,
+                    Stage::Rootfs,
+                    rkey,
+                    &["rootfs.tar.zst"],
+                    &tmp.path,
+                    |dir, _| {
                         Ok(crate::tarball::write_rootfs_tar(
                             &rootfs,
-                            &tmp.path.join("rootfs.tar.zst"),
-                            opts.source_date_epoch,
+                            &dir.join("rootfs.tar.zst"),
+                            sde,
                         )?)
-                    })
-                });
-                let disks = (|| {
-                    timed(reporter, Stage::Disk, dkey, || {
-                        disk::build_raw(
-                            &rootfs,
-                            &raw,
-                            &spec.disk,
-                            &ids,
-                            &work.path,
-                            opts.source_date_epoch,
+                    },
+                )
+            };
+            match (&keys.disk, &keys.qcow2) {
+                (Some(dkey), Some(qkey)) => {
+                    let ids = DiskIds::new(dkey);
+                    let disks = || {
+                        cached_files(
+                            opts,
+                            reporter,
+                            Stage::Disk,
+                            dkey,
+                            &["disk.raw"],
+                            &tmp.path,
+                            |dir, scratch| {
+                                disk::build_raw(
+                                    &rootfs,
+                                    &dir.join("disk.raw"),
+                                    &spec.disk,
+                                    &ids,
+                                    scratch,
+                                    sde,
+                                )
+                            },
+                        )?;
+                        let raw = tmp.path.join("disk.raw");
+                        cached_files(
+                            opts,
+                            reporter,
+                            Stage::Qcow2,
+                            qkey,
+                            &["disk.qcow2"],
+                            &tmp.path,
+                            |dir, _| {
+                                disk::build_qcow2(
+                                    &raw,
+                                    &dir.join("disk.qcow2"),
+                                    spec.disk.qcow2_compress,
+                                )
+                            },
                         )
-                    })?;
-                    timed(reporter, Stage::Qcow2, qkey, || {
-                        disk::build_qcow2(
-                            &raw,
-                            &tmp.path.join("disk.qcow2"),
-                            spec.disk.qcow2_compress,
-                        )
-                    })
-                })();
-                (tar.join(), disks)
-            });
-            tar.expect("invariant: the tarball thread does not panic")?;
-            disks?;
-            extra.kernel_cmdline = Some(disk::kernel_cmdline(&ids, &spec.disk.kernel_args));
-            extra.root_partuuid = Some(ids.root.clone());
+                    };
+                    // The tarball and the disks only read the tree: build them side by side.
+                    let (tar, disks) = std::thread::scope(|s| {
+                        let tar = s.spawn(tarball);
+                        let disks = disks();
+                        (tar.join(), disks)
+                    });
+                    tar.expect("invariant: the tarball thread does not panic")?;
+                    disks?;
+                    extra.kernel_cmdline = Some(disk::kernel_cmdline(&ids, &spec.disk.kernel_args));
+                    extra.root_partuuid = Some(ids.root.clone());
+                }
+                _ => tarball()?,
+            }
+            // What a hook installed is in the image: list the customised tree, not the bootstrap.
+            manifest::dpkg_packages(&rootfs)
         }
         Kind::Ramdisk => {
-            timed(reporter, Stage::Initramfs, &keys.customise, || {
-                ramdisk::build(
-                    spec,
-                    &plan.files,
-                    &tree,
-                    &tmp.path,
-                    &work.path,
-                    opts.source_date_epoch,
-                )
-            })?;
+            cached_files(
+                opts,
+                reporter,
+                Stage::Initramfs,
+                &keys.customise,
+                &["vmlinuz", "initrd.img"],
+                &tmp.path,
+                |dir, scratch| ramdisk::build(spec, &plan.files, &tree, dir, scratch, sde),
+            )?;
+            manifest::dpkg_packages(&tree)
         }
-    }
+    };
     let mkey = stage_key("manifest", Some(&input_hash), &());
     let manifest = timed(reporter, Stage::Manifest, &mkey, || {
         manifest::write(spec, &input_hash, keys, packages, extra, &tmp.path)
@@ -500,7 +638,6 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildOutput
     }
     std::fs::rename(&tmp.path, out).map_err(out_err("move into place", out))?;
     drop(old);
-    drop(work);
     reporter.event(&Event::BuildFinished {
         out: out.display().to_string(),
         duration_ms: ms(started),
@@ -509,4 +646,37 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildOutput
         out: out.clone(),
         manifest,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn prune_keeps_the_most_recently_used_entries_and_the_current_one() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path();
+        let t0 = SystemTime::now() - Duration::from_secs(3600);
+        for (i, name) in ["a", "b", "c", "d", "e", "f"].iter().enumerate() {
+            let d = root.join(name);
+            std::fs::create_dir(&d).expect("mkdir");
+            std::fs::write(d.join("data"), name).expect("write");
+            let age = u64::try_from(i).expect("small") * 60;
+            std::fs::File::open(&d)
+                .and_then(|f| f.set_modified(t0 + Duration::from_secs(age)))
+                .expect("set mtime");
+        }
+        std::fs::create_dir(root.join(".g.tmp-1")).expect("in-progress entry");
+        // "a" is the oldest but in use by this build; "b" was just used again.
+        touch(&root.join("b"));
+        prune(root, &root.join("a"));
+        let mut left: Vec<String> = std::fs::read_dir(root)
+            .expect("list")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".g.tmp-1", "a", "b", "d", "e", "f"]);
+    }
 }

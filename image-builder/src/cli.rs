@@ -1,15 +1,16 @@
 //! The command line: `image-builder build TEMPLATE [--out DIR] [--set key=value ...] [--json]`,
 //! and the two progress reporters.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::build::{BuildError, BuildOptions, build};
-use crate::events::{Event, Reporter};
+use crate::events::{Event, Reporter, Stage};
 
 /// Command-line arguments.
 #[derive(Debug, clap::Parser)]
@@ -72,49 +73,92 @@ impl<W: Write + Send> Reporter for JsonReporter<W> {
     }
 }
 
-/// A spinner per stage with its timing, on the terminal (stderr).
-#[derive(Debug, Default)]
+/// Progress on the terminal (stderr): one spinner per running stage, since the tarball and the
+/// disks are built side by side, each ending in a line with the stage's timing.
+#[derive(Debug)]
 pub struct TerminalReporter {
-    current: Mutex<Option<ProgressBar>>,
+    multi: MultiProgress,
+    state: Mutex<TerminalState>,
+}
+
+#[derive(Debug, Default)]
+struct TerminalState {
+    /// The bar of every stage that started and has not finished.
+    running: BTreeMap<Stage, ProgressBar>,
+    /// Bars of stages that finished or came from the cache, in order.
+    done: Vec<ProgressBar>,
+}
+
+impl Default for TerminalReporter {
+    fn default() -> Self {
+        Self::with_target(ProgressDrawTarget::stderr())
+    }
+}
+
+fn seconds(ms: u64) -> String {
+    format!("{}.{} s", ms / 1000, ms % 1000 / 100)
+}
+
+impl TerminalReporter {
+    /// A reporter drawing to `target` (stderr for [`Default`], hidden in tests).
+    pub fn with_target(target: ProgressDrawTarget) -> Self {
+        Self {
+            multi: MultiProgress::with_draw_target(target),
+            state: Mutex::default(),
+        }
+    }
+
+    /// Ends `pb` with `msg` as a plain line and keeps it.
+    fn finish(state: &mut TerminalState, pb: ProgressBar, msg: String) {
+        pb.set_style(ProgressStyle::with_template("{msg}").expect("invariant: static template"));
+        pb.finish_with_message(msg);
+        state.done.push(pb);
+    }
 }
 
 impl Reporter for TerminalReporter {
     fn event(&self, event: &Event) {
-        let Ok(mut cur) = self.current.lock() else {
+        let Ok(mut state) = self.state.lock() else {
             return;
         };
         match event {
             Event::StageStarted { stage, .. } => {
-                let pb = ProgressBar::new_spinner().with_message(stage.as_str());
+                let pb = self
+                    .multi
+                    .add(ProgressBar::new_spinner().with_message(stage.as_str()));
                 pb.set_style(
                     ProgressStyle::with_template("{spinner} {msg} {elapsed}")
                         .expect("invariant: static template"),
                 );
                 pb.enable_steady_tick(Duration::from_millis(120));
-                *cur = Some(pb);
+                if let Some(old) = state.running.insert(*stage, pb) {
+                    old.finish_and_clear();
+                }
             }
             Event::StageFinished {
                 stage, duration_ms, ..
             } => {
-                if let Some(pb) = cur.take() {
-                    pb.finish_with_message(format!(
-                        "{stage} done in {:.1} s",
-                        *duration_ms as f64 / 1000.0
-                    ));
-                }
+                // A finish without a start (never sent by `build`) still gets its line.
+                let pb = state
+                    .running
+                    .remove(stage)
+                    .unwrap_or_else(|| self.multi.add(ProgressBar::new_spinner()));
+                let msg = format!("{stage} done in {}", seconds(*duration_ms));
+                Self::finish(&mut state, pb, msg);
             }
             Event::StageCached { stage, .. } => {
-                ProgressBar::new_spinner().finish_with_message(format!("{stage} cached"));
+                let pb = self.multi.add(ProgressBar::new_spinner());
+                Self::finish(&mut state, pb, format!("{stage} cached"));
             }
             Event::HookFinished {
-                hook, duration_ms, ..
+                stage,
+                hook,
+                duration_ms,
             } => {
-                if let Some(pb) = cur.as_ref() {
-                    pb.println(format!(
-                        "  hook {hook} ({:.1} s)",
-                        *duration_ms as f64 / 1000.0
-                    ));
-                }
+                let _ = self.multi.println(format!(
+                    "  hook {hook} at {stage} ({})",
+                    seconds(*duration_ms)
+                ));
             }
             Event::BuildStarted { .. } | Event::BuildFinished { .. } => {}
         }
@@ -160,5 +204,74 @@ impl BuildError {
             BuildError::Spec(_) | BuildError::Mirror(_) | BuildError::MissingTool { .. } => 78,
             BuildError::Stage { .. } | BuildError::Output { .. } => 1,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn started(stage: Stage) -> Event {
+        Event::StageStarted {
+            stage,
+            key: "k".into(),
+        }
+    }
+
+    fn finished(stage: Stage, duration_ms: u64) -> Event {
+        Event::StageFinished {
+            stage,
+            key: "k".into(),
+            duration_ms,
+        }
+    }
+
+    fn running(r: &TerminalReporter) -> Vec<Stage> {
+        let s = r.state.lock().expect("not poisoned");
+        s.running.keys().copied().collect()
+    }
+
+    fn done(r: &TerminalReporter) -> Vec<String> {
+        let s = r.state.lock().expect("not poisoned");
+        assert!(s.done.iter().all(ProgressBar::is_finished));
+        s.done.iter().map(ProgressBar::message).collect()
+    }
+
+    #[test]
+    fn parallel_stages_each_keep_their_bar_and_done_line() {
+        let r = TerminalReporter::with_target(ProgressDrawTarget::hidden());
+        r.event(&Event::StageCached {
+            stage: Stage::Bootstrap,
+            key: "k".into(),
+        });
+        r.event(&started(Stage::Customise));
+        r.event(&finished(Stage::Customise, 1234));
+        // The tarball and the disk run side by side; the disk finishes first.
+        r.event(&started(Stage::Rootfs));
+        r.event(&started(Stage::Disk));
+        assert_eq!(running(&r), [Stage::Rootfs, Stage::Disk]);
+        r.event(&finished(Stage::Disk, 3500));
+        r.event(&started(Stage::Qcow2));
+        assert_eq!(running(&r), [Stage::Rootfs, Stage::Qcow2]);
+        r.event(&finished(Stage::Qcow2, 700));
+        r.event(&finished(Stage::Rootfs, 9050));
+        assert_eq!(running(&r), []);
+        assert_eq!(
+            done(&r),
+            [
+                "bootstrap cached",
+                "customise done in 1.2 s",
+                "disk done in 3.5 s",
+                "qcow2 done in 0.7 s",
+                "rootfs done in 9.0 s",
+            ]
+        );
+    }
+
+    #[test]
+    fn finish_without_start_still_prints_its_line() {
+        let r = TerminalReporter::with_target(ProgressDrawTarget::hidden());
+        r.event(&finished(Stage::Manifest, 20));
+        assert_eq!(done(&r), ["manifest done in 0.0 s"]);
     }
 }

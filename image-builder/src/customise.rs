@@ -233,6 +233,12 @@ pub(crate) fn run(
     reporter: &dyn Reporter,
 ) -> Result<(), StageError> {
     let sde = source_date_epoch.to_string();
+    // The bootstrap copied the build machine's resolver in; it means nothing where the image
+    // runs. A link (systemd-resolved's stub) stays, and a template file may set its own.
+    let resolv = root.join("etc/resolv.conf");
+    if resolv.symlink_metadata().is_ok_and(|m| m.is_file()) {
+        install(root, "/etc/resolv.conf", b"", 0o644)?;
+    }
     // System settings.
     install(
         root,
@@ -364,6 +370,13 @@ pub(crate) fn run(
                 }
             }
         }
+    }
+
+    // The build machine's resolver must not ship: systemd-resolved's postinst keeps the
+    // resolv.conf the bootstrap copied in from the host as a backup.
+    let bak = root.join("etc/.resolv.conf.systemd-resolved.bak");
+    if bak.symlink_metadata().is_ok() {
+        std::fs::remove_file(&bak).map_err(io("remove file", &bak))?;
     }
 
     // Identity that must be unique per machine: regenerated on first boot.

@@ -4,10 +4,10 @@
 use serde::Serialize;
 
 /// The stages of a build, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
-    /// debootstrap/mmdebstrap with the package set (cached by its key).
+    /// debootstrap/mmdebstrap with the whole package set: also the package stage.
     Bootstrap,
     /// Files, users, services, first-boot units and hooks on a copy of the bootstrap tree.
     Customise,

@@ -6,7 +6,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 /// Bump when a stage's implementation changes what it produces from the same inputs.
-const FORMAT: &str = "image-builder/1";
+const FORMAT: &str = "image-builder/2";
 
 /// A stage cache key (hex sha256).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]

@@ -1,6 +1,6 @@
 //! Golden image builder: a template spec is bootstrapped with debootstrap (or mmdebstrap),
-//! customised and packed into `rootfs.tar.zst`, bootable `disk.raw`/`disk.qcow2` and a
-//! `manifest.json`; a `kind = "ramdisk"` template gives the deploy ramdisk (`vmlinuz` +
+//! customised and packed into `rootfs.tar.zst`, bootable `disk.raw`/`disk.qcow2` (unless
+//! `kind = "rootfs"`) and a `manifest.json`; a `kind = "ramdisk"` template gives the deploy ramdisk (`vmlinuz` +
 //! `initrd.img` with busybox and the provisioner's imager).
 //!
 //! How the pieces fit:
@@ -10,10 +10,12 @@
 //!   stage's cache key ([`StageKeys`]): the bootstrap key hashes suite, variant, mirrors and
 //!   packages; customise hashes the bootstrap key plus rendered files, users, services and
 //!   hooks; the artifact keys chain from there.
-//! - [`build`] runs the stages ([`Stage`]), reusing a cached bootstrap tree, reports [`Event`]s
-//!   to a [`Reporter`] ([`JsonReporter`] for `--json`, [`TerminalReporter`] for a TTY), and
-//!   moves the output into place only when everything succeeded ([`BuildError`] names the
-//!   stage, and for hooks the hook, exit code and stderr tail).
+//! - [`build`] runs the stages ([`Stage`]), reusing every stage output cached under its key
+//!   (the bootstrap tree, which holds the whole package set, the customised tree, and the
+//!   artifacts), reports [`Event`]s to a [`Reporter`] ([`JsonReporter`] for `--json`,
+//!   [`TerminalReporter`] for a TTY), and moves the output into place only when everything
+//!   succeeded ([`BuildError`] names the stage, and for hooks the hook, exit code and stderr
+//!   tail). [`Kind`] picks what is built: disk images, a rootfs tarball only, or the ramdisk.
 //! - [`write_rootfs_tar`] is the deterministic tar writer (PAX xattrs, hardlinks, devices).
 //! - [`run`] is the command-line entry point used by the thin binary.
 #![warn(clippy::print_stdout)]

@@ -47,7 +47,7 @@ pub struct Manifest {
     pub template: String,
     /// Template version.
     pub version: String,
-    /// `disk` or `ramdisk`.
+    /// `disk`, `rootfs` or `ramdisk`.
     pub kind: String,
     /// Hash over every stage key.
     pub input_hash: String,
@@ -147,6 +147,7 @@ pub(crate) fn write(
         version: spec.version.clone(),
         kind: match spec.kind {
             Kind::Disk => "disk".into(),
+            Kind::Rootfs => "rootfs".into(),
             Kind::Ramdisk => "ramdisk".into(),
         },
         input_hash: input_hash.0.clone(),

@@ -338,9 +338,21 @@ pub(crate) fn build(
     }
 
     // Modules: depmod the full tree once to learn dependencies, copy the closure, depmod again.
-    common::run_cmd(Command::new("depmod").arg("-b").arg(tree).arg(&version))?;
+    // depmod writes next to the modules: it runs on a hardlink farm of the module directory
+    // (its files replace inodes), never on the cached bootstrap tree.
     let mdir = PathBuf::from("lib/modules").join(&version);
-    let dep_path = tree.join(&mdir).join("modules.dep");
+    let full = work.join("depmod");
+    let parent = full.join("lib/modules");
+    let _ = std::fs::remove_dir_all(&full);
+    std::fs::create_dir_all(&parent).map_err(io("create directory", &parent))?;
+    common::run_cmd(
+        Command::new("cp")
+            .arg("-al")
+            .arg(tree.join(&mdir))
+            .arg(&parent),
+    )?;
+    common::run_cmd(Command::new("depmod").arg("-b").arg(&full).arg(&version))?;
+    let dep_path = full.join(&mdir).join("modules.dep");
     let dep = std::fs::read_to_string(&dep_path).map_err(io("read", &dep_path))?;
     for m in module_closure(&dep, &r.module_dirs) {
         copy(&tree.join(&mdir).join(&m), &staging.join(&mdir).join(&m))?;

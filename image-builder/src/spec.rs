@@ -116,6 +116,8 @@ pub enum Kind {
     /// A golden image: rootfs tarball, raw and qcow2 disks.
     #[default]
     Disk,
+    /// Only the customised `rootfs.tar.zst` (no kernel needed; `[disk]` is not used).
+    Rootfs,
     /// The deploy ramdisk: kernel + initramfs with busybox and the imager.
     Ramdisk,
 }
@@ -624,10 +626,10 @@ impl Spec {
                     "kind = \"ramdisk\" needs a [ramdisk] table",
                 ));
             }
-            (Kind::Disk, Some(_)) => {
+            (Kind::Disk | Kind::Rootfs, Some(_)) => {
                 return Err(invalid("ramdisk", "only allowed with kind = \"ramdisk\""));
             }
-            (Kind::Disk, None) => None,
+            (Kind::Disk | Kind::Rootfs, None) => None,
         };
         if w.kind == Kind::Disk && kernel.is_none() {
             return Err(invalid(
@@ -764,6 +766,16 @@ kernel = "linux-image-amd64"
                 .to_string()
                 .contains("files.mode")
         );
+    }
+
+    #[test]
+    fn only_disk_images_need_a_kernel() {
+        let no_kernel = "name = \"t\"\nversion = \"1\"\n[bootstrap]\nsuite = \"bookworm\"\n";
+        let err = parse(no_kernel, &[]).expect_err("disk without kernel");
+        assert!(err.to_string().contains("bootstrap.kernel"), "{err}");
+        let s = parse(&format!("kind = \"rootfs\"\n{no_kernel}"), &[]).expect("rootfs");
+        assert_eq!((s.kind, s.bootstrap.kernel), (Kind::Rootfs, None));
+        assert!(s.bootstrap.packages.is_empty());
     }
 
     #[test]
