@@ -658,6 +658,9 @@ pub struct DeployInstructions {
     pub artifact_base: String,
     /// One-time enrolment secret the installed system presents to `POST /api/v1/machine/enrol`.
     pub enrol_secret: String,
+    /// OpenSSH public keys the imager installs for `root` on the host (one per entry).
+    #[serde(default)]
+    pub ssh_authorized_keys: Vec<String>,
 }
 
 impl fmt::Debug for DeployInstructions {
@@ -667,6 +670,7 @@ impl fmt::Debug for DeployInstructions {
             .field("artifacts", &self.artifacts)
             .field("artifact_base", &self.artifact_base)
             .field("enrol_secret", &"<redacted>")
+            .field("ssh_authorized_keys", &self.ssh_authorized_keys)
             .finish()
     }
 }
@@ -782,6 +786,7 @@ mod tests {
             artifacts: vec![],
             artifact_base: "/images/img/".into(),
             enrol_secret: "s3cr3t".into(),
+            ssh_authorized_keys: vec![],
         };
         assert!(!format!("{d:?}").contains("s3cr3t"));
     }

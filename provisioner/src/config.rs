@@ -17,6 +17,8 @@
 //! public_url = "http://10.61.0.1"
 //! # Kernel arguments of the deploy ramdisk. Default "console=ttyS0 quiet panic=10".
 //! ramdisk_cmdline = "console=ttyS0 quiet panic=10"
+//! # OpenSSH public keys installed for root on every deployed host. Default none.
+//! ssh_authorized_keys = ["ssh-ed25519 AAAAC3Nza... operator@example"]
 //! ```
 
 use std::net::SocketAddr;
@@ -96,6 +98,9 @@ pub struct WireConfig {
     /// See [`BootSettings::ramdisk_cmdline`].
     #[serde(default)]
     pub ramdisk_cmdline: Option<String>,
+    /// See [`Settings::ssh_authorized_keys`].
+    #[serde(default)]
+    pub ssh_authorized_keys: Option<Vec<String>>,
 }
 
 impl WireConfig {
@@ -109,6 +114,7 @@ impl WireConfig {
             ramdisk_dir: other.ramdisk_dir.or(self.ramdisk_dir),
             public_url: other.public_url.or(self.public_url),
             ramdisk_cmdline: other.ramdisk_cmdline.or(self.ramdisk_cmdline),
+            ssh_authorized_keys: other.ssh_authorized_keys.or(self.ssh_authorized_keys),
         }
     }
 
@@ -151,6 +157,8 @@ pub struct Settings {
     pub token_file: Utf8PathBuf,
     /// The embedded rack network services, when enabled.
     pub boot: Option<BootSettings>,
+    /// OpenSSH public keys installed for `root` on every deployed host.
+    pub ssh_authorized_keys: Vec<String>,
 }
 
 /// The embedded rack network services and what they boot.
@@ -285,11 +293,25 @@ impl Settings {
         } else {
             None
         };
+        let ssh_authorized_keys = w.ssh_authorized_keys.clone().unwrap_or_default();
+        for key in &ssh_authorized_keys {
+            let kind = key.split_whitespace().next().unwrap_or("");
+            let known = ["ssh-", "ecdsa-", "sk-"]
+                .iter()
+                .any(|p| kind.starts_with(p));
+            if !known || key.contains('\n') || key.split_whitespace().count() < 2 {
+                return Err(invalid(
+                    "ssh_authorized_keys",
+                    "each entry must be one OpenSSH public key line (`ssh-ed25519 AAAA... comment`)",
+                ));
+            }
+        }
         Ok(Settings {
             listen,
             state_dir,
             token_file,
             boot,
+            ssh_authorized_keys,
         })
     }
 }
@@ -357,6 +379,14 @@ mod tests {
             .to_string();
         assert!(
             msg.contains("bad.toml") && msg.contains("state_dir"),
+            "{msg}"
+        );
+        std::fs::write(&f, "ssh_authorized_keys = [\"not a key\"]\n").unwrap();
+        let msg = Settings::load(Some(&f), WireConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("bad.toml") && msg.contains("ssh_authorized_keys"),
             "{msg}"
         );
         let err = Settings::load(Some(&root.join("missing.toml")), WireConfig::default());

@@ -155,6 +155,7 @@ pub enum BootDirective {
 struct Inner<S> {
     store: Arc<S>,
     images: ImageStore,
+    ssh_authorized_keys: Vec<String>,
     events: broadcast::Sender<Event>,
     import_lock: tokio::sync::Mutex<()>,
 }
@@ -183,11 +184,17 @@ impl<S> std::fmt::Debug for Control<S> {
 impl<S: Store> Control<S> {
     /// A controller over `store`, with images under `images`.
     pub fn new(store: S, images: ImageStore) -> Self {
+        Control::with_ssh_keys(store, images, Vec::new())
+    }
+
+    /// [`Control::new`], installing `ssh_authorized_keys` for `root` on every deployed host.
+    pub fn with_ssh_keys(store: S, images: ImageStore, ssh_authorized_keys: Vec<String>) -> Self {
         let (events, _) = broadcast::channel(1024);
         Control {
             inner: Arc::new(Inner {
                 store: Arc::new(store),
                 images,
+                ssh_authorized_keys,
                 events,
                 import_lock: tokio::sync::Mutex::new(()),
             }),
@@ -401,6 +408,7 @@ impl<S: Store> Control<S> {
                     plan,
                     artifacts: image.artifacts,
                     enrol_secret: secret.expose().to_owned(),
+                    ssh_authorized_keys: self.inner.ssh_authorized_keys.clone(),
                 })
             }
         })

@@ -267,7 +267,11 @@ pub async fn open(settings: &Settings) -> Result<(Deps<SqliteStore>, Option<Secr
     let (admin, new_token) = load_or_create_token(&settings.token_file)?;
     let store = SqliteStore::open(settings.db_path().as_std_path())
         .map_err(|err| ServeError::Store { err })?;
-    let control = Control::new(store, ImageStore::new(settings.image_dir()));
+    let control = Control::with_ssh_keys(
+        store,
+        ImageStore::new(settings.image_dir()),
+        settings.ssh_authorized_keys.clone(),
+    );
     control
         .recover()
         .await

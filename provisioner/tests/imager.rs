@@ -81,6 +81,9 @@ fn inventory() -> HardwareInventory {
 }
 
 /// The control node, in-process, with one imported image and a rule that deploys it.
+/// The operator's key every deployed host gets for root.
+const OPERATOR_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOperatorTestKey operator@rack";
+
 struct Rack {
     dir: tempfile::TempDir,
     control: Control<SqliteStore>,
@@ -104,7 +107,11 @@ impl Rack {
     async fn without_rules(img: &[u8], with_zst: bool) -> Rack {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("inventory.db")).unwrap();
-        let control = Control::new(store, ImageStore::new(dir.path().join("images")));
+        let control = Control::with_ssh_keys(
+            store,
+            ImageStore::new(dir.path().join("images")),
+            vec![OPERATOR_KEY.to_owned()],
+        );
         let admin = Secret::generate();
         let server = Server::start(
             Config {
@@ -248,9 +255,15 @@ async fn deploys_verifies_and_enrols_through_the_real_control_node() {
         hostname: instr.plan.hostname.clone(),
         control_url: rack.url(),
         enrol_secret: Secret::from_plaintext(instr.enrol_secret.clone()),
+        ssh_authorized_keys: instr.ssh_authorized_keys.clone(),
     };
+    assert_eq!(instr.ssh_authorized_keys, [OPERATOR_KEY]);
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_imager"));
     let machine_id = imager::write_identity(&root, &id, &bin).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(root.join("root/.ssh/authorized_keys")).unwrap(),
+        format!("{OPERATOR_KEY}\n")
+    );
     client
         .report_result(&provisioner::api::ImagingResult::Done)
         .await

@@ -85,6 +85,8 @@ pub struct Identity {
     pub control_url: String,
     /// The one-time enrolment secret.
     pub enrol_secret: crate::secret::Secret,
+    /// OpenSSH public keys for `root`.
+    pub ssh_authorized_keys: Vec<String>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -93,6 +95,7 @@ impl std::fmt::Debug for Identity {
             .field("hostname", &self.hostname)
             .field("control_url", &self.control_url)
             .field("enrol_secret", &self.enrol_secret)
+            .field("ssh_authorized_keys", &self.ssh_authorized_keys)
             .finish()
     }
 }
@@ -145,6 +148,7 @@ pub fn write_identity(root: &Path, id: &Identity, imager: &Path) -> Result<Strin
     )?;
 
     write_network(root)?;
+    write_authorized_keys(root, &id.ssh_authorized_keys)?;
 
     let machine_id = new_machine_id();
     write_file(
@@ -194,6 +198,32 @@ pub fn write_identity(root: &Path, id: &Identity, imager: &Path) -> Result<Strin
     })?;
     write_file(root, INSTALLED_BINARY, &bin, 0o755)?;
     Ok(machine_id)
+}
+
+/// Adds `keys` to `root`'s `~/.ssh/authorized_keys` in the installed system (the image's own
+/// keys stay; a key already there is not repeated), directory 0700, file 0600, owned by root.
+fn write_authorized_keys(root: &Path, keys: &[String]) -> Result<(), FinalizeError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let rel = "root/.ssh/authorized_keys";
+    let existing = std::fs::read_to_string(root.join(rel)).unwrap_or_default();
+    let mut lines: Vec<&str> = existing.lines().filter(|l| !l.trim().is_empty()).collect();
+    for key in keys {
+        let key = key.trim();
+        if !lines.contains(&key) {
+            lines.push(key);
+        }
+    }
+    write_file(
+        root,
+        rel,
+        format!("{}\n", lines.join("\n")).as_bytes(),
+        0o600,
+    )?;
+    let dir = root.join("root/.ssh");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|err| FinalizeError::Write { path: dir, err })
 }
 
 /// networkd configuration written into images that bring none of their own.
@@ -457,9 +487,32 @@ mod tests {
             hostname: "node-sn1".into(),
             control_url: "http://10.0.0.1:8080".into(),
             enrol_secret: crate::secret::Secret::from_plaintext("e-secret"),
+            ssh_authorized_keys: vec![
+                "ssh-ed25519 AAAAnew op@x".into(),
+                "ssh-ed25519 AAAAold image@x".into(),
+            ],
         };
+        std::fs::create_dir_all(root.join("root/.ssh")).unwrap();
+        std::fs::write(
+            root.join("root/.ssh/authorized_keys"),
+            "ssh-ed25519 AAAAold image@x\n",
+        )
+        .unwrap();
         let mid = write_identity(root, &id, &bin).unwrap();
         let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
+        assert_eq!(
+            read("root/.ssh/authorized_keys"),
+            "ssh-ed25519 AAAAold image@x\nssh-ed25519 AAAAnew op@x\n"
+        );
+        let mode = |p: &str| {
+            std::fs::metadata(root.join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!(mode("root/.ssh/authorized_keys"), 0o600);
+        assert_eq!(mode("root/.ssh"), 0o700);
         let mode = |p: &str| {
             std::fs::metadata(root.join(p))
                 .unwrap()

@@ -311,6 +311,7 @@ async fn finalize_disk(
         hostname: instr.plan.hostname.clone(),
         control_url: settings.url.clone(),
         enrol_secret: Secret::from_plaintext(instr.enrol_secret.clone()),
+        ssh_authorized_keys: instr.ssh_authorized_keys.clone(),
     };
     let disk = target.to_owned();
     let done =
