@@ -21,7 +21,7 @@ packages=(
   libvirt-daemon-system libvirt-dev pkg-config
   debootstrap mmdebstrap fdisk gdisk mtools dosfstools syslinux syslinux-common extlinux
   systemd-boot-efi grub-pc-bin grub-efi-amd64-bin busybox-static cpio e2fsprogs xorriso
-  squashfs-tools zstd linux-image-cloud-amd64
+  squashfs-tools zstd binutils linux-image-cloud-amd64
   isc-dhcp-client udhcpc dnsutils tftp-hpa atftp curl libnbd-bin nbdkit libnfs-utils ndisc6
   nfs-ganesha nfs-ganesha-vfs rpcbind kea-admin tcpdump iproute2 iputils-ping shellcheck
 )
