@@ -271,7 +271,7 @@ impl Services {
             // Publish the leases that survived the restart before DHCP can renew any of them,
             // in the order their bindings began: the first owner of a host name keeps it, as it
             // did before the restart (a renewal racing the replay could otherwise take it).
-            let now = unix_now();
+            let now = common::unix_now();
             let stored =
                 dhcp::LeaseStore::load(&mut store).map_err(|err| RunError::LoadLeases { err })?;
             let mut live = dhcp::LeaseTable::from_leases(stored, now).live_leases(now);
@@ -347,13 +347,6 @@ pub async fn run(settings: config::Settings, shutdown: CancellationToken) -> Res
     Ok(())
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// Publishes every bound lease with a hostname as A and PTR records of the rack zone.
 #[derive(Debug)]
 struct LeasesToDns(dns::RecordsHandle);
@@ -394,7 +387,7 @@ impl dhcp::DhcpHooks for LeasesToDns {
 
 /// Number of live DHCP leases stored under the settings' state directory.
 pub fn count_leases(settings: &config::Settings) -> Result<u64, RunError> {
-    let now = unix_now();
+    let now = common::unix_now();
     dhcp::SqliteLeaseStore::open(&lease_db(settings))
         .and_then(|s| s.count_live(now))
         .map_err(|err| RunError::LeaseStore { err })

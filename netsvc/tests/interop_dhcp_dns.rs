@@ -8,7 +8,7 @@ mod support;
 
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
@@ -83,57 +83,15 @@ domain = "rack.test"
     );
 
     // A stock dhclient asks for a lease and sends its host name.
-    let out = dir.path().join("hook.out");
-    let hook = dir.path().join("hook.sh");
-    std::fs::write(
-        &hook,
-        format!(
-            "#!/bin/sh\nif [ \"$reason\" = BOUND ]; then ip addr add \"$new_ip_address/$new_subnet_mask\" dev \"$interface\"; fi\nenv >> {0}\necho --- >> {0}\n",
-            out.display()
-        ),
-    )?;
-    common::run_cmd(Command::new("chmod").arg("+x").arg(&hook))?;
-    let conf = dir.path().join("dhclient.conf");
-    std::fs::write(
-        &conf,
+    let bound = rack_tests::dhclient_bound(
+        &client_ns,
+        &client_if,
+        dir.path(),
         "send host-name \"web1\";\nrequest subnet-mask, domain-name, domain-name-servers;\n",
-    )?;
-    let lease_file = dir.path().join("dhclient.leases");
-    std::fs::write(&lease_file, "")?;
-    let mut dhclient = Command::new("ip");
-    dhclient
-        .args(["netns", "exec", &client_ns, "dhclient", "-d", "-1", "-cf"])
-        .arg(&conf)
-        .arg("-sf")
-        .arg(&hook)
-        .arg("-lf")
-        .arg(&lease_file)
-        .arg("-pf")
-        .arg(dir.path().join("dhclient.pid"))
-        .arg(&client_if)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut child = dhclient
-        .spawn()
-        .context("spawn dhclient (isc-dhcp-client)")?;
-    let bound = common::wait_for(Duration::from_secs(30), || {
-        let text = std::fs::read_to_string(&out).unwrap_or_default();
-        async move {
-            text.split("---\n")
-                .find(|run| run.contains("reason=BOUND"))
-                .map(str::to_owned)
-        }
-    })
-    .await;
-    let _ = child.kill();
-    let _ = child.wait();
-    let bound = bound.context("dhclient never reached BOUND")?;
-    let var = |k: &str| {
-        bound
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{k}=")))
-            .map(|v| v.trim_matches('\'').to_owned())
-    };
+        true,
+    )
+    .await?;
+    let var = |k: &str| bound.get(k).cloned();
     let ip = var("new_ip_address").context("no address in BOUND")?;
     assert_eq!(var("new_domain_name").as_deref(), Some("rack.test"));
     assert_eq!(var("new_domain_name_servers"), Some(server.clone()));

@@ -6,7 +6,7 @@
 //! Needs root.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
@@ -70,44 +70,11 @@ async fn inventory_hostnames_resolve_at_the_leased_address() -> Result<()> {
     )?;
 
     // A stock dhclient gets a lease and sends no host name.
-    let out = dir.path().join("hook.out");
-    let hook = dir.path().join("hook.sh");
-    std::fs::write(
-        &hook,
-        format!("#!/bin/sh\nenv >> {0}\necho --- >> {0}\n", out.display()),
-    )?;
-    common::run_cmd(Command::new("chmod").arg("+x").arg(&hook))?;
-    let lease_file = dir.path().join("dhclient.leases");
-    std::fs::write(&lease_file, "")?;
-    let mut dhclient = Command::new("ip")
-        .args(["netns", "exec", &client_ns, "dhclient", "-d", "-1", "-sf"])
-        .arg(&hook)
-        .arg("-lf")
-        .arg(&lease_file)
-        .arg("-pf")
-        .arg(dir.path().join("dhclient.pid"))
-        .arg(&client_if)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("spawn dhclient (isc-dhcp-client)")?;
-    let bound = common::wait_for(Duration::from_secs(30), || {
-        let text = std::fs::read_to_string(&out).unwrap_or_default();
-        async move {
-            text.split("---\n")
-                .find(|run| run.contains("reason=BOUND"))
-                .map(str::to_owned)
-        }
-    })
-    .await;
-    let _ = dhclient.kill();
-    let _ = dhclient.wait();
-    let bound = bound.context("dhclient got no lease")?;
+    let bound = rack_tests::dhclient_bound(&client_ns, &client_if, dir.path(), "", false).await?;
     let ip = bound
-        .lines()
-        .find_map(|l| l.strip_prefix("new_ip_address="))
+        .get("new_ip_address")
         .context("no new_ip_address")?
-        .to_owned();
+        .clone();
     ensure!(dig(&app.rack, &[&format!("{NAME}.rack.test")])?.is_empty());
 
     // The host network-boots: its script carries the imager secret.

@@ -265,7 +265,7 @@ fn rows(state: &Value) -> anyhow::Result<Vec<Value>> {
     .context("ask the appliance for its hosts")?;
     let hosts: Vec<Value> = serde_json::from_str(&out.stdout_lossy())?;
     let started = state["started_at"].as_u64().unwrap_or(0);
-    let now = unix_now();
+    let now = common::unix_now();
     let servers = state["servers"].as_array().context("lab state: servers")?;
     Ok(servers
         .iter()
@@ -445,12 +445,7 @@ pub fn supervise(opts: &SuperviseOptions) -> anyhow::Result<()> {
         let firmware = server_firmware(&opts.firmware, i);
         let mac = server_mac(i);
         let disk = run.join(format!("{name}.qcow2"));
-        common::run_cmd(
-            Command::new("qemu-img")
-                .args(["create", "-q", "-f", "qcow2"])
-                .arg(&disk)
-                .arg("4G"),
-        )?;
+        crate::blank_disk(&disk, "4G")?;
         let console = run.join(format!("{name}.console"));
         vms.push(app.power_on_logged(firmware, &mac, &disk, Some(console.clone()))?);
         servers.push(json!({
@@ -468,7 +463,7 @@ pub fn supervise(opts: &SuperviseOptions) -> anyhow::Result<()> {
         "token_file": app.token_file(),
         "state_dir": app.state_dir(),
         "provisioner": opts.provisioner,
-        "started_at": unix_now(),
+        "started_at": common::unix_now(),
         "servers": servers,
     });
     common::write_atomic(
@@ -482,11 +477,4 @@ pub fn supervise(opts: &SuperviseOptions) -> anyhow::Result<()> {
     drop(vms);
     drop(app);
     Ok(())
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }

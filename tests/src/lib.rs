@@ -13,6 +13,7 @@
 //! - [`ImageBuilds`]: images built by `image-builder` once per test run, shared by every test.
 //! - [`lab`]: the virtual rack lab behind `provisioner lab up | status | down`.
 //! - [`Daemon`]: a daemon under test whose log lines are collected, killed in `Drop`.
+//! - [`dhclient_bound`]: a stock dhclient run once in a client namespace, its BOUND values.
 //! - [`workspace_bin`]: the path of a binary built from this workspace (nextest builds them all).
 //!
 //! Every harness owns what it creates and cleans it up in `Drop`.
@@ -20,6 +21,7 @@
 mod appliance;
 mod boot;
 mod daemon;
+mod dhclient;
 mod images;
 pub mod lab;
 mod netns;
@@ -29,10 +31,11 @@ mod qemu;
 pub use appliance::{API_PORT, ApplianceRack};
 pub use boot::{marker_initramfs, test_kernel};
 pub use daemon::Daemon;
+pub use dhclient::dhclient_bound;
 pub use images::ImageBuilds;
 pub use netns::{RackNet, require_root, unique_suffix};
 pub use pxe::PxeRack;
-pub use qemu::{Firmware, Qemu, QemuSpec};
+pub use qemu::{Firmware, Qemu, QemuSpec, blank_disk};
 
 use std::path::PathBuf;
 

@@ -219,3 +219,15 @@ impl Drop for Qemu {
         let _ = self.child.wait();
     }
 }
+
+/// Creates `path` as an empty qcow2 disk of `size` (`qemu-img` syntax, e.g. `4G`): a server's
+/// blank disk.
+pub fn blank_disk(path: &Path, size: &str) -> anyhow::Result<()> {
+    common::run_cmd(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(path)
+            .arg(size),
+    )?;
+    Ok(())
+}

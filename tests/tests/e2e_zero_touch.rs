@@ -156,12 +156,7 @@ fn tokio_block_on<F: Future>(f: F) -> F::Output {
 
 fn blank_disk(dir: &Path, name: &str) -> Result<PathBuf> {
     let disk = dir.join(format!("{name}.qcow2"));
-    common::run_cmd(
-        Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2"])
-            .arg(&disk)
-            .arg("4G"),
-    )?;
+    rack_tests::blank_disk(&disk, "4G")?;
     Ok(disk)
 }
 

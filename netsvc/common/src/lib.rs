@@ -7,6 +7,7 @@
 //! - [`write_atomic`] writes a state file so that a crash leaves either the old or the new content.
 //! - [`init_tracing`] and [`shutdown_token`] are the daemon plumbing a thin `main` calls.
 //! - [`wait_for`] polls a condition with a deadline; tests use it instead of sleeping.
+//! - [`unix_now`] is the wall clock in whole seconds since the Unix epoch.
 #![warn(clippy::print_stdout)]
 
 mod cmd;
@@ -19,6 +20,14 @@ pub use fs::{DropInError, config_layers, write_atomic};
 
 use std::error::Error;
 use std::fmt;
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
 
 /// Displays an error followed by each of its sources, joined with `": "`.
 ///
