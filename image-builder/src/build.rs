@@ -13,7 +13,7 @@ use crate::customise::{self, CustomiseInputs};
 use crate::disk::{self, DiskIds};
 use crate::events::{Event, Reporter, Stage};
 use crate::keys::{StageKey, stage_key};
-use crate::manifest::{self, Manifest};
+use crate::manifest::{self, Artifact, Manifest};
 use crate::mirror::{self, AptLine, MirrorError};
 use crate::ramdisk;
 use crate::render::RenderError;
@@ -242,6 +242,8 @@ pub struct StageKeys {
     pub disk: Option<StageKey>,
     /// `disk.qcow2` key (disk builds).
     pub qcow2: Option<StageKey>,
+    /// `disk.raw.zst` key (disk builds with `[disk] zstd`).
+    pub disk_zst: Option<StageKey>,
 }
 
 impl StageKeys {
@@ -288,12 +290,13 @@ pub fn plan(opts: &BuildOptions) -> Result<Plan, BuildError> {
                 .map_err(stage(Stage::Customise))?;
             let ckey = c.key(&bkey);
             let rootfs = stage_key("rootfs", Some(&ckey), &opts.source_date_epoch);
-            let (disk, qcow2) = if spec.kind == Kind::Disk {
+            let (disk, qcow2, disk_zst) = if spec.kind == Kind::Disk {
                 let dkey = disk::key(&ckey, &spec.disk);
                 let qkey = stage_key("qcow2", Some(&dkey), &spec.disk.qcow2_compress);
-                (Some(dkey), Some(qkey))
+                let zkey = spec.disk.zstd.then(|| disk::zst_key(&dkey));
+                (Some(dkey), Some(qkey), zkey)
             } else {
-                (None, None)
+                (None, None, None)
             };
             StageKeys {
                 bootstrap: bkey,
@@ -301,6 +304,7 @@ pub fn plan(opts: &BuildOptions) -> Result<Plan, BuildError> {
                 rootfs: Some(rootfs),
                 disk,
                 qcow2,
+                disk_zst,
             }
         }
         Kind::Ramdisk => {
@@ -312,6 +316,7 @@ pub fn plan(opts: &BuildOptions) -> Result<Plan, BuildError> {
                 rootfs: None,
                 disk: None,
                 qcow2: None,
+                disk_zst: None,
             }
         }
     };
@@ -441,39 +446,117 @@ fn cached_dir(
     Ok(dir)
 }
 
-/// Puts the files `names` of `stage`'s cached output under `key` into `out`, producing them
-/// first (`produce(dir, scratch)` writes them into `dir`) if the cache has none. The output
-/// gets copies, never links: booting or editing an output must not change the cache.
+/// The digests of a file-stage cache entry's artifacts, written into the entry before it is
+/// renamed into place so that the manifest does not read the artifacts again.
+const DIGESTS: &str = "digests.json";
+
+/// The artifacts of one file stage, in its cache entry.
+#[derive(Debug)]
+struct CachedFiles {
+    stage: Stage,
+    dir: PathBuf,
+    artifacts: Vec<Artifact>,
+}
+
+impl CachedFiles {
+    /// The cached file `name`.
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Copies every artifact into `out` and returns their digests. Copies, never links: booting
+    /// or editing an output must not change the cache.
+    fn copy_to(&self, out: &Path) -> Result<Vec<Artifact>, BuildError> {
+        for a in &self.artifacts {
+            let src = self.dir.join(&a.name);
+            crate::artifact::sparse_copy(&src, &out.join(&a.name)).map_err(|err| {
+                BuildError::Stage {
+                    stage: self.stage,
+                    err: StageError::Io {
+                        what: "copy",
+                        path: src,
+                        err,
+                    },
+                }
+            })?;
+        }
+        Ok(self.artifacts.clone())
+    }
+}
+
+/// Digests of the files `names` in `dir`: from `known` where the stage hashed them as it wrote
+/// them, the others hashed now, side by side.
+fn digests(dir: &Path, names: &[&str], known: Vec<Artifact>) -> std::io::Result<Vec<Artifact>> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = names
+            .iter()
+            .map(|&name| {
+                let known = known.iter().find(|a| a.name == name).cloned();
+                s.spawn(move || match known {
+                    Some(a) => Ok(a),
+                    None => crate::artifact::hash_file(&dir.join(name)).map(|d| Artifact {
+                        name: name.to_owned(),
+                        size: d.size,
+                        sha256: d.sha256,
+                    }),
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("invariant: hashing does not panic"))
+            .collect()
+    })
+}
+
+/// Returns the cached files `names` of `stage` under `key` with their digests, producing them
+/// first if the cache has none: `produce(dir, scratch)` writes them into `dir` and returns the
+/// digests of those it hashed while writing; the others are hashed before the entry is stored.
 fn cached_files(
     opts: &BuildOptions,
     reporter: &dyn Reporter,
     stage: Stage,
     key: &StageKey,
     names: &[&str],
-    out: &Path,
-    produce: impl FnOnce(&Path, &Path) -> Result<(), StageError>,
-) -> Result<(), BuildError> {
+    produce: impl FnOnce(&Path, &Path) -> Result<Vec<Artifact>, StageError>,
+) -> Result<CachedFiles, BuildError> {
+    let io = |what: &'static str, path: &Path| {
+        let path = path.to_owned();
+        move |err| StageError::Io { what, path, err }
+    };
     let dir = cached_dir(opts, reporter, stage, key, |dir, scratch| {
-        std::fs::create_dir(dir).map_err(|err| StageError::Io {
-            what: "create directory",
-            path: dir.to_owned(),
-            err,
-        })?;
-        produce(dir, scratch)
+        std::fs::create_dir(dir).map_err(io("create directory", dir))?;
+        let known = produce(dir, scratch)?;
+        let artifacts = digests(dir, names, known).map_err(io("hash", dir))?;
+        let mut json =
+            serde_json::to_vec_pretty(&artifacts).expect("invariant: digests are plain data");
+        json.push(b'\n');
+        let path = dir.join(DIGESTS);
+        common::write_atomic(&path, &json, 0o644).map_err(io("write", &path))
     })?;
-    for name in names {
-        common::run_cmd(
-            Command::new("cp")
-                .args(["--sparse=always", "--reflink=auto"])
-                .arg(dir.join(name))
-                .arg(out.join(name)),
-        )
-        .map_err(|err| BuildError::Stage {
+    let stored: Option<Vec<Artifact>> = std::fs::read(dir.join(DIGESTS))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let artifacts = match stored {
+        Some(a) if a.iter().map(|a| a.name.as_str()).eq(names.iter().copied()) => a,
+        // An entry of an older image-builder, without digests.
+        _ => digests(&dir, names, Vec::new()).map_err(|err| BuildError::Stage {
             stage,
-            err: err.into(),
-        })?;
-    }
-    Ok(())
+            err: io("hash", &dir)(err),
+        })?,
+    };
+    Ok(CachedFiles {
+        stage,
+        dir,
+        artifacts,
+    })
+}
+
+/// The first error of several stages run side by side.
+fn first_err<T>(
+    results: impl IntoIterator<Item = Result<T, BuildError>>,
+) -> Result<Vec<T>, BuildError> {
+    results.into_iter().collect()
 }
 
 /// Builds the template described by `opts`, reporting progress to `reporter`.
@@ -517,6 +600,7 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildOutput
         |dir, scratch| bootstrap::run(&plan.bootstrap, dir, scratch),
     )?;
     let mut extra = manifest::Extra::default();
+    let artifacts: Vec<Artifact>;
     let packages = match spec.kind {
         Kind::Disk | Kind::Rootfs => {
             // The customised tree is cached too; the artifacts below only read it.
@@ -546,27 +630,31 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildOutput
                     Stage::Rootfs,
                     rkey,
                     &["rootfs.tar.zst"],
-                    &tmp.path,
                     |dir, _| {
-                        Ok(crate::tarball::write_rootfs_tar(
+                        let d = crate::tarball::write_rootfs_tar_digest(
                             &rootfs,
                             &dir.join("rootfs.tar.zst"),
                             sde,
-                        )?)
+                        )?;
+                        Ok(vec![Artifact {
+                            name: "rootfs.tar.zst".into(),
+                            size: d.size,
+                            sha256: d.sha256,
+                        }])
                     },
-                )
+                )?
+                .copy_to(&tmp.path)
             };
             match (&keys.disk, &keys.qcow2) {
                 (Some(dkey), Some(qkey)) => {
                     let ids = DiskIds::new(dkey);
-                    let disks = || {
-                        cached_files(
+                    let disks = || -> Result<Vec<Artifact>, BuildError> {
+                        let raw = cached_files(
                             opts,
                             reporter,
                             Stage::Disk,
                             dkey,
                             &["disk.raw"],
-                            &tmp.path,
                             |dir, scratch| {
                                 disk::build_raw(
                                     &rootfs,
@@ -575,25 +663,62 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildOutput
                                     &ids,
                                     scratch,
                                     sde,
-                                )
+                                )?;
+                                Ok(Vec::new())
                             },
                         )?;
-                        let raw = tmp.path.join("disk.raw");
-                        cached_files(
-                            opts,
-                            reporter,
-                            Stage::Qcow2,
-                            qkey,
-                            &["disk.qcow2"],
-                            &tmp.path,
-                            |dir, _| {
-                                disk::build_qcow2(
-                                    &raw,
-                                    &dir.join("disk.qcow2"),
-                                    spec.disk.qcow2_compress,
-                                )
-                            },
-                        )
+                        let raw_path = raw.path("disk.raw");
+                        let qcow2 = || {
+                            cached_files(
+                                opts,
+                                reporter,
+                                Stage::Qcow2,
+                                qkey,
+                                &["disk.qcow2"],
+                                |dir, _| {
+                                    disk::build_qcow2(
+                                        &raw_path,
+                                        &dir.join("disk.qcow2"),
+                                        spec.disk.qcow2_compress,
+                                    )?;
+                                    Ok(Vec::new())
+                                },
+                            )?
+                            .copy_to(&tmp.path)
+                        };
+                        let zst = |zkey: &StageKey| {
+                            cached_files(
+                                opts,
+                                reporter,
+                                Stage::DiskZst,
+                                zkey,
+                                &["disk.raw.zst"],
+                                |dir, _| {
+                                    let d =
+                                        disk::build_raw_zst(&raw_path, &dir.join("disk.raw.zst"))?;
+                                    Ok(vec![Artifact {
+                                        name: "disk.raw.zst".into(),
+                                        size: d.size,
+                                        sha256: d.sha256,
+                                    }])
+                                },
+                            )?
+                            .copy_to(&tmp.path)
+                        };
+                        // qcow2, zst and the output's copy of disk.raw all read the cached
+                        // disk.raw: run them side by side.
+                        let parts = std::thread::scope(|s| {
+                            let q = s.spawn(qcow2);
+                            let z = keys.disk_zst.as_ref().map(|k| s.spawn(move || zst(k)));
+                            let r = raw.copy_to(&tmp.path);
+                            let mut parts =
+                                vec![r, q.join().expect("invariant: qcow2 does not panic")];
+                            if let Some(z) = z {
+                                parts.push(z.join().expect("invariant: zstd does not panic"));
+                            }
+                            parts
+                        });
+                        Ok(first_err(parts)?.concat())
                     };
                     // The tarball and the disks only read the tree: build them side by side.
                     let (tar, disks) = std::thread::scope(|s| {
@@ -601,32 +726,43 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildOutput
                         let disks = disks();
                         (tar.join(), disks)
                     });
-                    tar.expect("invariant: the tarball thread does not panic")?;
-                    disks?;
+                    let tar = tar.expect("invariant: the tarball thread does not panic")?;
+                    artifacts = first_err([Ok(tar), disks])?.concat();
                     extra.kernel_cmdline = Some(disk::kernel_cmdline(&ids, &spec.disk.kernel_args));
                     extra.root_partuuid = Some(ids.root.clone());
                 }
-                _ => tarball()?,
+                _ => artifacts = tarball()?,
             }
             // What a hook installed is in the image: list the customised tree, not the bootstrap.
             manifest::dpkg_packages(&rootfs)
         }
         Kind::Ramdisk => {
-            cached_files(
+            artifacts = cached_files(
                 opts,
                 reporter,
                 Stage::Initramfs,
                 &keys.customise,
-                &["vmlinuz", "initrd.img"],
-                &tmp.path,
-                |dir, scratch| ramdisk::build(spec, &plan.files, &tree, dir, scratch, sde),
-            )?;
+                &["initrd.img", "vmlinuz"],
+                |dir, scratch| {
+                    ramdisk::build(spec, &plan.files, &tree, dir, scratch, sde)?;
+                    Ok(Vec::new())
+                },
+            )?
+            .copy_to(&tmp.path)?;
             manifest::dpkg_packages(&tree)
         }
     };
     let mkey = stage_key("manifest", Some(&input_hash), &());
     let manifest = timed(reporter, Stage::Manifest, &mkey, || {
-        manifest::write(spec, &input_hash, keys, packages, extra, &tmp.path)
+        manifest::write(
+            spec,
+            &input_hash,
+            keys,
+            packages,
+            extra,
+            artifacts,
+            &tmp.path,
+        )
     })?;
 
     // Move into place: the old output (if any) is replaced only now.

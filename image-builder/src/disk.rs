@@ -8,6 +8,7 @@ use std::process::Command;
 
 use serde::Serialize;
 
+use crate::artifact::{Digested, HashingWriter};
 use crate::build::StageError;
 use crate::keys::{StageKey, stage_key};
 use crate::spec::DiskSpec;
@@ -367,6 +368,41 @@ pub(crate) fn build_qcow2(raw: &Path, qcow2: &Path, compress: bool) -> Result<()
     Ok(())
 }
 
+/// zstd level of `disk.raw.zst`: fast; most of a fresh disk is zeros, which cost nothing at any level.
+const ZST_LEVEL: i32 = 3;
+
+/// The `disk.raw.zst` stage key: the disk's key and the compression settings.
+pub(crate) fn zst_key(disk: &StageKey) -> StageKey {
+    stage_key(
+        "disk_zst",
+        Some(disk),
+        &(ZST_LEVEL, crate::tarball::ZSTD_WORKERS),
+    )
+}
+
+/// Writes `raw` as one multithreaded zstd frame (with content size and checksum) to `zst`,
+/// reading only the data segments of the sparse file, and returns the digest of what it wrote.
+pub(crate) fn build_raw_zst(raw: &Path, zst: &Path) -> Result<Digested, StageError> {
+    let io = |what: &'static str, path: &Path| {
+        let path = path.to_owned();
+        move |err| StageError::Io { what, path, err }
+    };
+    let len = std::fs::metadata(raw).map_err(io("stat", raw))?.len();
+    let file = std::fs::File::create(zst).map_err(io("create", zst))?;
+    let w = HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, file));
+    let mut enc = zstd::Encoder::new(w, ZST_LEVEL).map_err(io("compress into", zst))?;
+    enc.multithread(crate::tarball::ZSTD_WORKERS)
+        .and_then(|()| enc.include_checksum(true))
+        .and_then(|()| enc.set_pledged_src_size(Some(len)))
+        .map_err(io("compress into", zst))?;
+    crate::artifact::for_each_chunk(raw, |b| enc.write_all(b)).map_err(io("compress", raw))?;
+    let w = enc.finish().map_err(io("compress into", zst))?;
+    let (mut buf, digest) = w.finish();
+    buf.flush().map_err(io("write", zst))?;
+    buf.get_ref().sync_all().map_err(io("sync", zst))?;
+    Ok(digest)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -378,6 +414,7 @@ mod tests {
             esp_mib: 64,
             boot: crate::BootMode::Both,
             qcow2_compress: false,
+            zstd: true,
             kernel_args: String::new(),
         };
         let l = Layout::new(&spec);

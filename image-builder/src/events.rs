@@ -17,6 +17,8 @@ pub enum Stage {
     Disk,
     /// `disk.qcow2`.
     Qcow2,
+    /// `disk.raw.zst`.
+    DiskZst,
     /// The deploy ramdisk's `vmlinuz` and `initrd.img`.
     Initramfs,
     /// `manifest.json`.
@@ -32,6 +34,7 @@ impl Stage {
             Self::Rootfs => "rootfs",
             Self::Disk => "disk",
             Self::Qcow2 => "qcow2",
+            Self::DiskZst => "disk_zst",
             Self::Initramfs => "initramfs",
             Self::Manifest => "manifest",
         }

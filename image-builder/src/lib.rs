@@ -1,6 +1,7 @@
 //! Golden image builder: a template spec is bootstrapped with debootstrap (or mmdebstrap),
-//! customised and packed into `rootfs.tar.zst`, bootable `disk.raw`/`disk.qcow2` (unless
-//! `kind = "rootfs"`) and a `manifest.json`; a `kind = "ramdisk"` template gives the deploy ramdisk (`vmlinuz` +
+//! customised and packed into `rootfs.tar.zst`, bootable `disk.raw`/`disk.qcow2` and
+//! `disk.raw.zst` (the zstd stream of `disk.raw` the imager downloads; unless `kind = "rootfs"`)
+//! and a `manifest.json`; a `kind = "ramdisk"` template gives the deploy ramdisk (`vmlinuz` +
 //! `initrd.img` with busybox and the provisioner's imager).
 //!
 //! How the pieces fit:
@@ -12,7 +13,7 @@
 //!   hooks; the artifact keys chain from there.
 //! - [`build`] runs the stages ([`Stage`]), reusing every stage output cached under its key
 //!   (the bootstrap tree, which holds the whole package set, the customised tree, and the
-//!   artifacts), reports [`Event`]s to a [`Reporter`] ([`JsonReporter`] for `--json`,
+//!   artifacts, stored with their sha256 so that the manifest does not read them again), reports [`Event`]s to a [`Reporter`] ([`JsonReporter`] for `--json`,
 //!   [`TerminalReporter`] for a TTY), and moves the output into place only when everything
 //!   succeeded ([`BuildError`] names the stage, and for hooks the hook, exit code and stderr
 //!   tail). [`Kind`] picks what is built: disk images, a rootfs tarball only, or the ramdisk.
@@ -20,6 +21,7 @@
 //! - [`run`] is the command-line entry point used by the thin binary.
 #![warn(clippy::print_stdout)]
 
+mod artifact;
 mod bootstrap;
 mod build;
 mod cli;

@@ -1,11 +1,12 @@
 //! `manifest.json`: template name and version, input hash, stage keys, installed packages with
 //! versions, and the sha256 and size of every artifact.
 
-use std::io::Read;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+
+use crate::artifact::{Digested, hash_file};
 
 use crate::build::{StageError, StageKeys};
 use crate::keys::StageKey;
@@ -87,44 +88,32 @@ pub(crate) fn dpkg_packages(root: &Path) -> Vec<Package> {
     out
 }
 
-fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        size += n as u64;
-        h.update(&buf[..n]);
-    }
-    Ok((size, hex::encode(h.finalize())))
-}
-
-/// Hashes every file in `dir` and writes `dir/manifest.json`.
+/// Writes `dir/manifest.json`, listing every file in `dir`: with the digests in `known` (taken
+/// from the stages that wrote them) or, for any other file, hashed now.
 pub(crate) fn write(
     spec: &Spec,
     input_hash: &StageKey,
     keys: &StageKeys,
     packages: Vec<Package>,
     extra: Extra,
+    known: Vec<Artifact>,
     dir: &Path,
 ) -> Result<Manifest, StageError> {
     let io = |what: &'static str, path: &Path| {
         let path = path.to_owned();
         move |err| StageError::Io { what, path, err }
     };
+    let mut known: BTreeMap<String, Artifact> =
+        known.into_iter().map(|a| (a.name.clone(), a)).collect();
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .map_err(io("list", dir))?
         .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
         .filter(|n| n != "manifest.json")
         .collect();
     names.sort();
-    // Multi-GB artifacts: hash them in parallel.
-    let hashed: Vec<std::io::Result<(u64, String)>> = std::thread::scope(|s| {
-        let handles: Vec<_> = names
+    let unknown: Vec<&String> = names.iter().filter(|n| !known.contains_key(*n)).collect();
+    let hashed: Vec<std::io::Result<Digested>> = std::thread::scope(|s| {
+        let handles: Vec<_> = unknown
             .iter()
             .map(|n| {
                 let p = dir.join(n);
@@ -136,12 +125,18 @@ pub(crate) fn write(
             .map(|h| h.join().expect("invariant: hashing does not panic"))
             .collect()
     });
-    let mut artifacts = Vec::new();
-    for (name, h) in names.into_iter().zip(hashed) {
-        let p = dir.join(&name);
-        let (size, sha256) = h.map_err(io("hash", &p))?;
-        artifacts.push(Artifact { name, size, sha256 });
+    for (name, h) in unknown.into_iter().zip(hashed) {
+        let Digested { size, sha256 } = h.map_err(io("hash", &dir.join(name)))?;
+        known.insert(
+            name.clone(),
+            Artifact {
+                name: name.clone(),
+                size,
+                sha256,
+            },
+        );
     }
+    let artifacts: Vec<Artifact> = names.iter().filter_map(|n| known.remove(n)).collect();
     let m = Manifest {
         template: spec.name.clone(),
         version: spec.version.clone(),

@@ -274,6 +274,7 @@ mod wire {
         pub(super) boot: BootMode,
         #[serde(default)]
         pub(super) qcow2_compress: bool,
+        pub(super) zstd: Option<bool>,
         pub(super) kernel_args: Option<String>,
     }
 
@@ -386,6 +387,10 @@ pub struct DiskSpec {
     pub boot: BootMode,
     /// Whether `disk.qcow2` is compressed.
     pub qcow2_compress: bool,
+    /// Whether `disk.raw.zst` (a zstd stream of `disk.raw`, what the imager downloads) is built.
+    /// Not part of the disk stage key: `disk.raw` does not depend on it.
+    #[serde(skip)]
+    pub zstd: bool,
     /// Extra kernel command line arguments after `root=` and `console=`.
     pub kernel_args: String,
 }
@@ -685,6 +690,7 @@ impl Spec {
                 esp_mib,
                 boot: w.disk.boot,
                 qcow2_compress: w.disk.qcow2_compress,
+                zstd: w.disk.zstd.unwrap_or(true),
                 kernel_args: w.disk.kernel_args.unwrap_or_default(),
             },
             firstboot: FirstbootSpec {

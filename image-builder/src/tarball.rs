@@ -12,8 +12,10 @@ use std::path::{Path, PathBuf};
 
 use tar::{EntryType, Header};
 
+use crate::artifact::{Digested, HashingWriter};
+
 /// Threads zstd compresses with; fixed so that the output does not depend on the machine.
-const ZSTD_WORKERS: u32 = 4;
+pub(crate) const ZSTD_WORKERS: u32 = 4;
 /// zstd level: fast, and the output is stable for a given level.
 const ZSTD_LEVEL: i32 = 3;
 
@@ -142,21 +144,30 @@ fn walk(root: &Path) -> Result<Vec<PathBuf>, TarError> {
 /// Writes the tree at `root` to `out` as a zstd-compressed tar with every mtime set to
 /// `mtime` (SOURCE_DATE_EPOCH). Same tree, same bytes.
 pub fn write_rootfs_tar(root: &Path, out: &Path, mtime: u64) -> Result<(), TarError> {
+    write_rootfs_tar_digest(root, out, mtime).map(drop)
+}
+
+/// [`write_rootfs_tar`], returning the size and sha256 of the archive, hashed as it is written.
+pub(crate) fn write_rootfs_tar_digest(
+    root: &Path,
+    out: &Path,
+    mtime: u64,
+) -> Result<Digested, TarError> {
     let werr = |err: io::Error| TarError::Write {
         path: out.to_owned(),
         err,
     };
     let file = File::create(out).map_err(werr)?;
-    let mut enc =
-        zstd::Encoder::new(BufWriter::with_capacity(1 << 20, file), ZSTD_LEVEL).map_err(werr)?;
+    let w = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
+    let mut enc = zstd::Encoder::new(w, ZSTD_LEVEL).map_err(werr)?;
     enc.multithread(ZSTD_WORKERS).map_err(werr)?;
     let mut builder = tar::Builder::new(enc);
     append_tree(&mut builder, root, mtime)?;
     let enc = builder.into_inner().map_err(werr)?;
-    let mut buf = enc.finish().map_err(werr)?;
+    let (mut buf, digest) = enc.finish().map_err(werr)?.finish();
     buf.flush().map_err(werr)?;
     buf.get_ref().sync_all().map_err(werr)?;
-    Ok(())
+    Ok(digest)
 }
 
 fn append_tree<W: Write>(

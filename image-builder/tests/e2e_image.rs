@@ -615,7 +615,10 @@ fn manifest_hashes_every_artifact_and_lists_the_customised_trees_packages() -> R
         .filter_map(|a| a["name"].as_str())
         .collect();
     assert_eq!(names, files);
-    assert_eq!(names, ["disk.qcow2", "disk.raw", "rootfs.tar.zst"]);
+    assert_eq!(
+        names,
+        ["disk.qcow2", "disk.raw", "disk.raw.zst", "rootfs.tar.zst"]
+    );
     for a in artifacts {
         let path = img.join(a["name"].as_str().context("name")?);
         assert_eq!(
@@ -629,6 +632,25 @@ fn manifest_hashes_every_artifact_and_lists_the_customised_trees_packages() -> R
             "{a}"
         );
     }
+
+    // disk.raw.zst, what the imager downloads, decompresses to the bytes the manifest lists for
+    // disk.raw (what the imager verifies the written disk against), and is much smaller.
+    let artifact = |name: &str| {
+        artifacts
+            .iter()
+            .find(|a| a["name"] == name)
+            .with_context(|| format!("{name} in the manifest"))
+    };
+    let (raw, zst) = (artifact("disk.raw")?, artifact("disk.raw.zst")?);
+    let mut decoder =
+        zstd::stream::read::Decoder::new(std::fs::File::open(img.join("disk.raw.zst"))?)?;
+    let mut hasher = sha2::Sha256::default();
+    let decompressed = std::io::copy(&mut decoder, &mut hasher)?;
+    let sha256 = hex::encode(sha2::Digest::finalize(hasher));
+    assert_eq!(Some(decompressed), raw["size"].as_u64(), "{raw}");
+    assert_eq!(Some(sha256.as_str()), raw["sha256"].as_str(), "{raw}");
+    let size = |a: &serde_json::Value| a["size"].as_u64().unwrap_or(0);
+    assert!(size(zst) * 4 < size(raw), "{zst} vs {raw}");
 
     // Packages come from the customised tree: the one a hook installed is listed, though the
     // bootstrap tree does not have it.
@@ -686,7 +708,14 @@ fn rebuild_after_one_file_change_reuses_bootstrap_and_compresses_the_qcow2() -> 
     ran.sort();
     assert_eq!(
         ran,
-        ["customise", "disk", "manifest", "qcow2", "rootfs"],
+        [
+            "customise",
+            "disk",
+            "disk_zst",
+            "manifest",
+            "qcow2",
+            "rootfs"
+        ],
         "{events:?}"
     );
     assert_eq!(
@@ -748,7 +777,14 @@ fn same_inputs_reuse_every_stage_and_give_identical_tarball_bytes() -> Result<()
     cached.sort();
     assert_eq!(
         cached,
-        ["bootstrap", "customise", "disk", "qcow2", "rootfs"],
+        [
+            "bootstrap",
+            "customise",
+            "disk",
+            "disk_zst",
+            "qcow2",
+            "rootfs"
+        ],
         "{events:?}"
     );
     assert_eq!(stages(&events, "stage_started"), ["manifest"], "{events:?}");
