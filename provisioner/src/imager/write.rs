@@ -105,7 +105,7 @@ pub enum WriteError {
         err: io::Error,
     },
     /// The compressed stream is corrupt.
-    #[error("decompressing `{file}` failed at image offset {offset}")]
+    #[error("`{file}` failed its integrity check (checksum or corrupt data) at image offset {offset}")]
     Decompress {
         /// The artifact.
         file: String,
