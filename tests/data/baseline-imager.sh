@@ -16,10 +16,16 @@ src="$url/images/minimal/disk.raw"
 disk=/dev/vda
 echo "BASELINE: streaming $src to $disk"
 start=$(cut -d' ' -f1 /proc/uptime)
-wget -q -O - "$src" | dd of="$disk" bs=1M 2>/tmp/dd.err
+{ wget -S -O - "$src" 2>/tmp/wget.err; echo $? >/tmp/wget.rc; } | dd of="$disk" bs=1M 2>/tmp/dd.err
 sync
 end=$(cut -d' ' -f1 /proc/uptime)
-bytes=$(sed -n 's/^\([0-9][0-9]*\) bytes.*/\1/p' /tmp/dd.err)
+echo "BASELINE: wget exit $(cat /tmp/wget.rc): $(tr '\r' '\n' </tmp/wget.err | tail -n 1)"
+echo "BASELINE: dd: $(tr '\n' ' ' </tmp/dd.err)"
+# Busybox dd prints records, not bytes: a body that wget completed (exit 0) has Content-Length.
+bytes=0
+if [ "$(cat /tmp/wget.rc)" = 0 ]; then
+  bytes=$(grep -i '^ *content-length:' /tmp/wget.err | tr -dc '0-9')
+fi
 secs=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.2f", b - a }')
 echo "BASELINE: wrote ${bytes:-0} bytes in $secs s"
 poweroff -f
