@@ -105,7 +105,9 @@ pub enum WriteError {
         err: io::Error,
     },
     /// The compressed stream is corrupt.
-    #[error("`{file}` failed its integrity check (checksum or corrupt data) at image offset {offset}")]
+    #[error(
+        "`{file}` failed its integrity check (checksum or corrupt data) at image offset {offset}"
+    )]
     Decompress {
         /// The artifact.
         file: String,
