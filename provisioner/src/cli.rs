@@ -106,14 +106,17 @@ pub enum Command {
     Serve(ServeArgs),
     /// The virtual rack lab: the appliance and empty QEMU servers on this machine, imaged with
     /// no human step (needs root, QEMU and the workspace's binaries side by side).
+    #[cfg(feature = "lab")]
     #[command(subcommand)]
     Lab(LabCmd),
 }
 
 /// Default directory of the virtual rack lab.
+#[cfg(feature = "lab")]
 pub const DEFAULT_LAB_DIR: &str = "/var/tmp/provisioner-lab";
 
 /// `provisioner lab ...`.
+#[cfg(feature = "lab")]
 #[derive(Debug, Subcommand)]
 pub enum LabCmd {
     /// Create the rack, build or reuse the images, start the appliance, power on the servers and
@@ -175,6 +178,7 @@ pub enum LabCmd {
 }
 
 /// Runs a `lab` command; blocking (it drives processes and waits on them).
+#[cfg(feature = "lab")]
 pub fn lab(cmd: LabCmd, json: bool) -> ExitCode {
     use rack_tests::lab::{self, LabFirmware};
     let exe = match std::env::current_exe() {
@@ -198,10 +202,9 @@ pub fn lab(cmd: LabCmd, json: bool) -> ExitCode {
                     .parent()
                     .and_then(|d| d.parent())
                     .and_then(|d| d.parent());
-                match beside.map(|d| d.join("templates")) {
-                    Some(t) if t.join("images/minimal").is_dir() => t,
-                    _ => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../templates"),
-                }
+                beside
+                    .map(|d| d.join("templates"))
+                    .unwrap_or_else(|| "templates".into())
             });
             lab::up(&lab::LabOptions {
                 images: images.unwrap_or_else(|| dir.join("images")),
@@ -645,9 +648,9 @@ async fn dispatch(client: &Client, json: bool, command: Command) -> Result<u8, F
             }
             Ok(EXIT_OK)
         }
-        Command::Serve(_) | Command::Lab(_) => {
-            unreachable!("main runs `serve` and `lab` without an API client")
-        }
+        Command::Serve(_) => unreachable!("main runs `serve` without an API client"),
+        #[cfg(feature = "lab")]
+        Command::Lab(_) => unreachable!("main runs `lab` without an API client"),
     }
 }
 

@@ -2,7 +2,8 @@
 //! command-line overrides → validated [`Settings`]. With no file, built-in defaults apply.
 //!
 //! ```toml
-//! # Address of the REST API (operators, imagers, enrolling hosts). Default 0.0.0.0:8080.
+//! # Address of the REST API for operators; machines use it on the HTTP boot server, at
+//! # public_url. Default 0.0.0.0:8080.
 //! listen = "0.0.0.0:8080"
 //! # Inventory database, image store and admin token live here. Default /var/lib/provisioner.
 //! state_dir = "/var/lib/provisioner"
@@ -281,14 +282,25 @@ impl Settings {
                 }
                 u => u.map(str::to_owned),
             };
+            let ramdisk_cmdline = w
+                .ramdisk_cmdline
+                .clone()
+                .unwrap_or_else(|| DEFAULT_RAMDISK_CMDLINE.to_owned());
+            if ramdisk_cmdline.chars().any(char::is_control) {
+                return Err(invalid("ramdisk_cmdline", "must be one line"));
+            }
+            // The kernel prints its command line, which carries the host's secret, unless quiet.
+            if !ramdisk_cmdline.split_whitespace().any(|w| w == "quiet") {
+                return Err(invalid(
+                    "ramdisk_cmdline",
+                    "must contain `quiet` (the command line carries a secret the kernel would print)",
+                ));
+            }
             Some(BootSettings {
                 netsvc,
                 ramdisk_dir,
                 public_url,
-                ramdisk_cmdline: w
-                    .ramdisk_cmdline
-                    .clone()
-                    .unwrap_or_else(|| DEFAULT_RAMDISK_CMDLINE.to_owned()),
+                ramdisk_cmdline,
             })
         } else {
             None
@@ -379,6 +391,22 @@ mod tests {
             .to_string();
         assert!(
             msg.contains("bad.toml") && msg.contains("state_dir"),
+            "{msg}"
+        );
+        std::fs::write(
+            &f,
+            format!(
+                "netsvc_config = \"{}\"\nramdisk_cmdline = \"console=ttyS0\"\n",
+                root.join("n.toml")
+            ),
+        )
+        .unwrap();
+        std::fs::write(root.join("n.toml"), "[http]\nlisten = \"127.0.0.1:0\"\n").unwrap();
+        let msg = Settings::load(Some(&f), WireConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("bad.toml") && msg.contains("ramdisk_cmdline") && msg.contains("quiet"),
             "{msg}"
         );
         std::fs::write(&f, "ssh_authorized_keys = [\"not a key\"]\n").unwrap();

@@ -461,7 +461,8 @@ impl<S: Store> Control<S> {
     // -----------------------------------------------------------------------------------------
     // Operator-facing
 
-    async fn host_by_id(&self, id: HostId) -> Result<HostSummary, ControlError> {
+    /// The host with this id.
+    pub async fn host_by_id(&self, id: HostId) -> Result<HostSummary, ControlError> {
         self.db(move |s| s.host(id))
             .await?
             .ok_or_else(|| ControlError::HostNotFound {

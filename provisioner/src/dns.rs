@@ -5,7 +5,7 @@
 //! [`InventoryDns`] is a netsvc DHCP hook (it learns the leases) fed with names from the
 //! control node's events ([`InventoryDns::follow`]). Records are owned by the host's MAC, the
 //! owner netsvc uses for a client's own hostname, so the inventory's name replaces whatever
-//! the client called itself.
+//! the client called itself (and deleting the host removes both).
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -110,8 +110,8 @@ impl InventoryDns {
             };
             match ev {
                 Ok(ev) if ev.to.is_none() => self.set_name(ev.mac, None),
-                Ok(ev) => match control.host(&ev.host.to_string()).await {
-                    Ok(h) => self.set_name(h.host.mac, h.host.hostname),
+                Ok(ev) => match control.host_by_id(ev.host).await {
+                    Ok(h) => self.set_name(h.mac, h.hostname),
                     Err(err) => {
                         debug!(host = %ev.host, error = %common::ErrorChain(&err), "host gone before DNS update");
                     }

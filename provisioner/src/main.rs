@@ -19,6 +19,7 @@ fn main() -> ExitCode {
         }
     };
     match args.command {
+        #[cfg(feature = "lab")]
         Command::Lab(lab) => cli::lab(lab, args.global.json),
         Command::Serve(serve) => match serve.settings() {
             Ok(settings) => rt.block_on(cli::serve(settings)),

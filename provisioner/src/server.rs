@@ -341,18 +341,21 @@ async fn start_boot<S: Store>(
     let services = netsvc::Services::start(boot.netsvc.clone(), deps)
         .await
         .map_err(|err| ServeError::Netsvc { err })?;
-    if let Some(records) = services.dns_records() {
-        dns.attach(records);
-    }
-    tokio::spawn(dns.follow(control_for_dns, shutdown_for_dns));
     let http = services
         .http_addr()
         .expect("invariant: BootSettings always has the HTTP boot server");
     let url = match &boot.public_url {
         Some(url) => url.clone(),
-        None if http.ip().is_unspecified() => return Err(ServeError::NoPublicUrl { addr: http }),
+        None if http.ip().is_unspecified() => {
+            services.shutdown().await;
+            return Err(ServeError::NoPublicUrl { addr: http });
+        }
         None => format!("http://{http}"),
     };
+    if let Some(records) = services.dns_records() {
+        dns.attach(records);
+    }
+    tokio::spawn(dns.follow(control_for_dns, shutdown_for_dns));
     for file in [RAMDISK_KERNEL, RAMDISK_INITRD] {
         let path = boot.ramdisk_dir.join(file);
         if !path.is_file() {

@@ -71,8 +71,13 @@ fn read_state(dir: &Path) -> anyhow::Result<Option<Value>> {
     }
 }
 
+/// Whether `pid` is alive and still a lab supervisor (not a reused pid).
 fn pid_alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+        let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+        args.windows(2)
+            .any(|w| w[0] == b"lab" && w[1] == b"supervise")
+    })
 }
 
 fn state_pid(state: &Value) -> Option<u32> {
@@ -120,7 +125,13 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<i32> {
         let p = opts.dir.join(sub);
         let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
     }
-    std::fs::create_dir_all(opts.dir.join("run"))?;
+    anyhow::ensure!(
+        opts.templates.join("images/minimal").is_dir(),
+        "no templates in {}: pass --templates (the repository's templates/ folder)",
+        opts.templates.display()
+    );
+    std::fs::create_dir_all(opts.dir.join("run"))
+        .with_context(|| format!("create {}", opts.dir.join("run").display()))?;
     let builds = ImageBuilds {
         image_builder: opts.image_builder.clone(),
         base: opts.images.clone(),
