@@ -153,23 +153,15 @@ fn debootstrap_finish(inputs: &BootstrapInputs, dir: &Path) -> Result<(), StageE
         err,
     })?;
     if inputs.mirrors.len() > 1 {
-        let mut cmd = Command::new("unshare");
-        cmd.env_clear()
-            .env(
-                "PATH",
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            )
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .env("LC_ALL", "C.UTF-8")
-            .args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
-            .arg(concat!(
-                "mount -t proc proc \"$1/proc\" && mount -t sysfs sys \"$1/sys\" && ",
-                "mount --rbind /dev \"$1/dev\" && exec chroot \"$1\" /bin/sh -ec '",
-                "apt-get -qq update; ",
-                "apt-get -qq -y -o Dpkg::Options::=--force-unsafe-io dist-upgrade'"
-            ))
-            .arg("debootstrap-upgrade")
-            .arg(dir);
+        let mut cmd = crate::customise::chroot_shell(
+            dir,
+            "debootstrap-upgrade",
+            &[
+                "-ec",
+                "apt-get -qq update; \
+                 apt-get -qq -y -o Dpkg::Options::=--force-unsafe-io dist-upgrade",
+            ],
+        );
         common::run_cmd(&mut cmd)?;
     }
     let _ = std::fs::remove_dir_all(dir.join("var/cache/apt/archives"));

@@ -452,6 +452,29 @@ fn add_user(root: &Path, u: &User, sde: &str) -> Result<(), StageError> {
     Ok(())
 }
 
+/// `/bin/sh SH_ARGS...` chrooted into `root`, in a private mount namespace with /proc, /sys
+/// and /dev mounted, and a clean environment (callers add their own variables).
+pub(crate) fn chroot_shell(root: &Path, label: &str, sh_args: &[&str]) -> Command {
+    let mut cmd = Command::new("unshare");
+    cmd.env_clear()
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .env("LC_ALL", "C.UTF-8")
+        .args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
+        .arg(concat!(
+            "mount -t proc proc \"$1/proc\" && mount -t sysfs sys \"$1/sys\" && ",
+            "mount --rbind /dev \"$1/dev\" && root=$1 && shift && ",
+            "exec chroot \"$root\" /bin/sh \"$@\""
+        ))
+        .arg(label)
+        .arg(root)
+        .args(sh_args);
+    cmd
+}
+
 /// Runs a hook script in the image's chroot, with /proc, /sys and /dev mounted in a private
 /// mount namespace that disappears with the hook.
 fn run_hook(
@@ -465,27 +488,12 @@ fn run_hook(
     let data = std::fs::read(script).map_err(io("read hook script", script))?;
     let inside = format!("/tmp/image-builder-hook-{name}");
     install(root, &inside, &data, 0o755)?;
-    let mut cmd = Command::new("unshare");
-    cmd.env_clear()
-        .env(
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        )
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .env("LC_ALL", "C.UTF-8")
-        .env("SOURCE_DATE_EPOCH", sde)
+    let mut cmd = chroot_shell(root, "image-builder-hook", &["-e", &inside]);
+    cmd.env("SOURCE_DATE_EPOCH", sde)
         .env("IMAGE_BUILDER_HOOK", name)
         .env("IMAGE_BUILDER_STAGE", stage.as_str())
         .env("IMAGE_NAME", &spec.name)
-        .env("IMAGE_VERSION", &spec.version)
-        .args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
-        .arg(concat!(
-            "mount -t proc proc \"$1/proc\" && mount -t sysfs sys \"$1/sys\" && ",
-            "mount --rbind /dev \"$1/dev\" && exec chroot \"$1\" /bin/sh -e \"$2\""
-        ))
-        .arg("image-builder-hook")
-        .arg(root)
-        .arg(&inside);
+        .env("IMAGE_VERSION", &spec.version);
     let result = common::run_cmd(&mut cmd);
     let host_copy: PathBuf = root.join(inside.trim_start_matches('/'));
     let _ = std::fs::remove_file(host_copy);

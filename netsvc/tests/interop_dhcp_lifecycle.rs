@@ -372,6 +372,22 @@ fn pxe_bios(m: &mut v4::Message) {
 
 const RESERVED: &str = "[[dhcp.reservation]]\nmac = \"52:54:00:65:00:03\"\nip = \"10.61.1.20\"\n";
 
+/// The answers to an unknown plain client's and an unknown BIOS PXE client's DISCOVER, and the
+/// address a reserved plain client gets through a whole DORA.
+type PolicyAnswers = (Option<v4::Message>, Option<v4::Message>, Option<Ipv4Addr>);
+
+fn plain_pxe_and_reserved(link: &Link) -> anyhow::Result<PolicyAnswers> {
+    in_ns(&link.cli, &link.cli_if, |sock| {
+        let plain = message(0x1, MessageType::Discover, Ipv4Addr::UNSPECIFIED);
+        let plain = exchange(sock, &plain, BROADCAST, SHORT)?;
+        let mut pxe = message(0x2, MessageType::Discover, Ipv4Addr::UNSPECIFIED);
+        pxe_bios(&mut pxe);
+        let pxe = exchange(sock, &pxe, BROADCAST, SHORT)?;
+        let known = dora(sock, 0x3)?;
+        Ok((plain, pxe, known))
+    })
+}
+
 #[tokio::test]
 async fn pxe_only_ignores_plain_clients() -> anyhow::Result<()> {
     let Rig { link, srv, .. } = &rig(&format!(
@@ -379,16 +395,8 @@ async fn pxe_only_ignores_plain_clients() -> anyhow::Result<()> {
         subnet(100, 110)
     ))
     .await?;
-    let (plain, pxe, known) = in_ns(&link.cli, &link.cli_if, |sock| {
-        let plain = message(0x1, MessageType::Discover, Ipv4Addr::UNSPECIFIED);
-        let plain = exchange(sock, &plain, BROADCAST, SHORT)?;
-        let mut pxe = message(0x2, MessageType::Discover, Ipv4Addr::UNSPECIFIED);
-        pxe_bios(&mut pxe);
-        let pxe = exchange(sock, &pxe, BROADCAST, SHORT)?;
-        // A plain client with a reservation is known: served.
-        let known = dora(sock, 0x3)?;
-        Ok((plain, pxe, known))
-    })?;
+    // A plain client with a reservation is known: served.
+    let (plain, pxe, known) = plain_pxe_and_reserved(link)?;
     let log = srv.log();
     ensure!(plain.is_none(), "plain client answered: {plain:?}");
     ensure!(
@@ -413,16 +421,8 @@ async fn known_only_serves_only_reserved_macs() -> anyhow::Result<()> {
         subnet(100, 110)
     ))
     .await?;
-    let (plain, pxe, known) = in_ns(&link.cli, &link.cli_if, |sock| {
-        let plain = message(0x1, MessageType::Discover, Ipv4Addr::UNSPECIFIED);
-        let plain = exchange(sock, &plain, BROADCAST, SHORT)?;
-        // Booting from the network does not make an unknown MAC known.
-        let mut pxe = message(0x2, MessageType::Discover, Ipv4Addr::UNSPECIFIED);
-        pxe_bios(&mut pxe);
-        let pxe = exchange(sock, &pxe, BROADCAST, SHORT)?;
-        let known = dora(sock, 0x3)?;
-        Ok((plain, pxe, known))
-    })?;
+    // Booting from the network does not make an unknown MAC known.
+    let (plain, pxe, known) = plain_pxe_and_reserved(link)?;
     let log = srv.log();
     ensure!(plain.is_none(), "unknown plain client answered: {plain:?}");
     ensure!(pxe.is_none(), "unknown PXE client answered: {pxe:?}");

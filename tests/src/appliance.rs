@@ -119,6 +119,16 @@ domain = "rack.test."
             .stdout_lossy())
     }
 
+    /// Imports the image built in `dir` (its manifest names it `image`) and, with `rule`, adds a
+    /// rule that deploys it to every host as `node-<mac>`.
+    pub fn offer_image(&self, dir: &Path, image: &str, rule: bool) -> anyhow::Result<()> {
+        self.cli(&["images", "import", &dir.to_string_lossy()])?;
+        if rule {
+            self.cli(&["rules", "add", "--image", image, "--hostname", "node-{mac}"])?;
+        }
+        Ok(())
+    }
+
     /// The CLI command for `args`, to run it and look at the exit code.
     pub fn cli_command(&self, args: &[&str]) -> Command {
         let mut cmd = self.rack.in_ns(&self.bin.to_string_lossy());

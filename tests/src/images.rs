@@ -69,4 +69,20 @@ impl ImageBuilds {
         }
         Ok(out)
     }
+
+    /// The zero-touch pair from `templates`: the golden `minimal` image and the deploy ramdisk
+    /// carrying `imager`, returned in that order.
+    pub fn zero_touch(
+        &self,
+        templates: &Path,
+        imager: &Path,
+    ) -> anyhow::Result<(PathBuf, PathBuf)> {
+        let golden = self.build(&templates.join("images/minimal"), "minimal", &[])?;
+        let ramdisk = self.build(
+            &templates.join("images/deploy-ramdisk"),
+            "deploy-ramdisk",
+            &[format!("imager={}", imager.display())],
+        )?;
+        Ok((golden, ramdisk))
+    }
 }

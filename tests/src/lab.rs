@@ -137,14 +137,8 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<i32> {
         base: opts.images.clone(),
     };
     let started = Instant::now();
-    eprintln!("lab: building (or reusing) the golden image `minimal`");
-    let golden = builds.build(&opts.templates.join("images/minimal"), "minimal", &[])?;
-    eprintln!("lab: building (or reusing) the deploy ramdisk");
-    let ramdisk = builds.build(
-        &opts.templates.join("images/deploy-ramdisk"),
-        "deploy-ramdisk",
-        &[format!("imager={}", opts.imager.display())],
-    )?;
+    eprintln!("lab: building (or reusing) the golden image `minimal` and the deploy ramdisk");
+    let (golden, ramdisk) = builds.zero_touch(&opts.templates, &opts.imager)?;
     eprintln!("lab: images ready after {:.0?}", started.elapsed());
 
     let log = std::fs::File::create(opts.dir.join("lab.log"))?;
@@ -440,15 +434,7 @@ pub fn supervise(opts: &SuperviseOptions) -> anyhow::Result<()> {
     let run = opts.dir.join("run");
     std::fs::create_dir_all(&run)?;
     let mut app = ApplianceRack::start(&opts.provisioner, LAB_NET, &opts.ramdisk)?;
-    app.cli(&["images", "import", &opts.golden.to_string_lossy()])?;
-    app.cli(&[
-        "rules",
-        "add",
-        "--image",
-        "minimal",
-        "--hostname",
-        "node-{mac}",
-    ])?;
+    app.offer_image(&opts.golden, "minimal", true)?;
     let mut servers = Vec::new();
     let mut vms: Vec<Qemu> = Vec::new();
     for i in 0..opts.servers {

@@ -244,25 +244,11 @@ fn restore(file: &Path, (at, old): &(u64, Vec<u8>)) -> Result<()> {
 #[test]
 fn corrupted_image_fails_and_wipes_then_retry_survives_a_control_node_crash() -> Result<()> {
     require_root()?;
-    let b = builds()?;
-    let golden = b.build(&repo().join("templates/images/minimal"), "minimal", &[])?;
-    let imager = workspace_bin("imager")?;
-    let ramdisk = b.build(
-        &repo().join("templates/images/deploy-ramdisk"),
-        "deploy-ramdisk",
-        &[format!("imager={}", imager.display())],
-    )?;
+    let (golden, ramdisk) =
+        builds()?.zero_touch(&repo().join("templates"), &workspace_bin("imager")?)?;
     let tmp = tempfile::tempdir()?;
     let mut app = ApplianceRack::start(&workspace_bin("provisioner")?, [75, 1], &ramdisk)?;
-    app.cli(&["images", "import", &golden.to_string_lossy()])?;
-    app.cli(&[
-        "rules",
-        "add",
-        "--image",
-        "minimal",
-        "--hostname",
-        "node-{mac}",
-    ])?;
+    app.offer_image(&golden, "minimal", true)?;
     let damaged: Vec<_> = stored_artifacts(&app, "minimal")?
         .into_iter()
         .map(|f| corrupt(&f).map(|old| (f, old)))

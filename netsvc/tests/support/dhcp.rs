@@ -64,6 +64,22 @@ pub fn message(mac: u8, ty: MessageType, ciaddr: Ipv4Addr) -> v4::Message {
     m
 }
 
+/// A read that ran into its socket timeout is `None`; other errors stay errors.
+fn timed_out_is_none(read: std::io::Result<usize>) -> anyhow::Result<Option<usize>> {
+    match read {
+        Ok(n) => Ok(Some(n)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Sends `msg` to `dest` and returns the first reply with its xid within `wait`, decoded and
 /// as bytes.
 pub fn exchange_raw(
@@ -81,17 +97,8 @@ pub fn exchange_raw(
             return Ok(None);
         }
         sock.set_read_timeout(Some(left))?;
-        let n = match sock.recv(&mut buf) {
-            Ok(n) => n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Ok(None);
-            }
-            Err(e) => return Err(e.into()),
+        let Some(n) = timed_out_is_none(sock.recv(&mut buf))? else {
+            return Ok(None);
         };
         let Ok(reply) = v4::Message::from_bytes(&buf[..n]) else {
             continue;
@@ -249,17 +256,8 @@ impl Capture {
                 return Ok(None);
             }
             self.sock.set_read_timeout(Some(left))?;
-            let n = match (&self.sock).read(&mut buf) {
-                Ok(n) => n,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return Ok(None);
-                }
-                Err(e) => return Err(e.into()),
+            let Some(n) = timed_out_is_none((&self.sock).read(&mut buf))? else {
+                return Ok(None);
             };
             if let Some(f) = parse_frame(&buf[..n]).filter(|f| f.msg.xid() == xid) {
                 return Ok(Some(f));

@@ -131,13 +131,7 @@ fn build_images(args: &Args) -> Result<Builds> {
     eprintln!(
         "bench: building (or reusing) the golden image, the deploy ramdisk and the baseline ramdisk"
     );
-    let golden = builds.build(&images.join(IMAGE), IMAGE, &[])?;
-    let imager = workspace_bin("imager")?;
-    let ramdisk = builds.build(
-        &images.join("deploy-ramdisk"),
-        "deploy-ramdisk",
-        &[format!("imager={}", imager.display())],
-    )?;
+    let (golden, ramdisk) = builds.zero_touch(&args.templates, &workspace_bin("imager")?)?;
     // A stable path, so that the ramdisk's stage cache is reused by the next run.
     std::fs::create_dir_all(&args.images)?;
     let script = args.images.join("baseline-imager.sh");
@@ -438,10 +432,7 @@ fn baseline(app: &mut ApplianceRack, dir: &Path) -> Result<Baseline> {
 /// An appliance with the golden image imported (and, for rack A, a rule deploying it).
 fn appliance(net: [u8; 2], ramdisk: &Path, golden: &Path, rule: bool) -> Result<ApplianceRack> {
     let app = ApplianceRack::start(&workspace_bin("provisioner")?, net, ramdisk)?;
-    app.cli(&["images", "import", &golden.to_string_lossy()])?;
-    if rule {
-        app.cli(&["rules", "add", "--image", IMAGE, "--hostname", "node-{mac}"])?;
-    }
+    app.offer_image(golden, IMAGE, rule)?;
     Ok(app)
 }
 
