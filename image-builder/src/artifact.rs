@@ -56,38 +56,62 @@ fn data_segments(f: &File, len: u64) -> io::Result<Vec<(u64, u64)>> {
     Ok(out)
 }
 
+/// A piece of a sparse file's content.
+#[derive(Debug)]
+pub(crate) enum Segment<'a> {
+    /// Bytes read from a data segment.
+    Data(&'a [u8]),
+    /// This many zero bytes of a hole.
+    Hole(u64),
+}
+
+/// Calls `f` with the whole content of `path` in order: data read in pieces of at most 1 MiB,
+/// holes as their length without a read. Returns the file size.
+pub(crate) fn for_each_segment(
+    path: &Path,
+    mut f: impl FnMut(Segment<'_>) -> io::Result<()>,
+) -> io::Result<u64> {
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
+    let mut buf = vec![0u8; CHUNK];
+    let mut pos = 0u64;
+    for (start, end) in data_segments(&file, len)? {
+        if start > pos {
+            f(Segment::Hole(start - pos))?;
+        }
+        file.seek(SeekFrom::Start(start))?;
+        let mut left = end - start;
+        while left > 0 {
+            let k = usize::try_from(left).unwrap_or(CHUNK).min(CHUNK);
+            file.read_exact(&mut buf[..k])?;
+            f(Segment::Data(&buf[..k]))?;
+            left -= k as u64;
+        }
+        pos = end;
+    }
+    if len > pos {
+        f(Segment::Hole(len - pos))?;
+    }
+    Ok(len)
+}
+
 /// Calls `f` with the whole content of `path` in order, in chunks of at most 1 MiB: data is
 /// read, holes are passed as zeros without a read. Returns the file size.
 pub(crate) fn for_each_chunk(
     path: &Path,
     mut f: impl FnMut(&[u8]) -> io::Result<()>,
 ) -> io::Result<u64> {
-    let mut file = File::open(path)?;
-    let len = file.metadata()?.len();
-    let zeros = |mut n: u64, f: &mut dyn FnMut(&[u8]) -> io::Result<()>| {
-        while n > 0 {
-            let k = usize::try_from(n).unwrap_or(CHUNK).min(CHUNK);
-            f(&ZEROS[..k])?;
-            n -= k as u64;
+    for_each_segment(path, |seg| match seg {
+        Segment::Data(b) => f(b),
+        Segment::Hole(mut n) => {
+            while n > 0 {
+                let k = usize::try_from(n).unwrap_or(CHUNK).min(CHUNK);
+                f(&ZEROS[..k])?;
+                n -= k as u64;
+            }
+            Ok(())
         }
-        Ok::<(), io::Error>(())
-    };
-    let mut buf = vec![0u8; CHUNK];
-    let mut pos = 0u64;
-    for (start, end) in data_segments(&file, len)? {
-        zeros(start - pos, &mut f)?;
-        file.seek(SeekFrom::Start(start))?;
-        let mut left = end - start;
-        while left > 0 {
-            let k = usize::try_from(left).unwrap_or(CHUNK).min(CHUNK);
-            file.read_exact(&mut buf[..k])?;
-            f(&buf[..k])?;
-            left -= k as u64;
-        }
-        pos = end;
-    }
-    zeros(len - pos, &mut f)?;
-    Ok(len)
+    })
 }
 
 /// Size and sha256 of a file, holes hashed as zeros without reading them.

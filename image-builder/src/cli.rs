@@ -160,6 +160,16 @@ impl Reporter for TerminalReporter {
                     seconds(*duration_ms)
                 ));
             }
+            Event::FramesWritten {
+                artifact,
+                frames,
+                reused,
+                ..
+            } => {
+                let _ = self
+                    .multi
+                    .println(format!("  {artifact}: {reused} of {frames} frames reused"));
+            }
             Event::BuildStarted { .. } | Event::BuildFinished { .. } => {}
         }
     }

@@ -8,8 +8,9 @@ use std::process::Command;
 
 use serde::Serialize;
 
-use crate::artifact::{Digested, HashingWriter};
+use crate::artifact::{Digested, Segment};
 use crate::build::StageError;
+use crate::frames::{Chunking, FrameIndex, FrameWriter, Reuse};
 use crate::keys::{StageKey, stage_key};
 use crate::spec::DiskSpec;
 
@@ -58,8 +59,11 @@ impl Layout {
     }
 }
 
-/// Stable partition UUIDs derived from the disk stage key, so that the same inputs give the
-/// same kernel command line.
+/// Stable partition and file system UUIDs, derived from the bootstrap key, the template's name
+/// and its partition layout (not from what a template renders or customises, nor from the
+/// output formats): the same inputs give the same kernel command line, and a rebuild after a
+/// one-file change lays out the same ext4 metadata (its checksums and directory hashes are
+/// seeded by these), so that the frames of `disk.raw.zst` that hold no changed file are reused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DiskIds {
     /// GPT disk GUID.
@@ -96,7 +100,13 @@ fn uuid_from(key: &StageKey, what: &str) -> String {
 }
 
 impl DiskIds {
-    /// IDs for a disk stage key.
+    /// IDs for an image: its bootstrap key, template name and partition layout.
+    pub fn for_image(bootstrap: &StageKey, name: &str, spec: &DiskSpec) -> DiskIds {
+        let layout = (Layout::new(spec), spec.boot);
+        DiskIds::new(&stage_key("disk-ids", Some(bootstrap), &(name, layout)))
+    }
+
+    /// IDs derived from a key.
     pub fn new(key: &StageKey) -> DiskIds {
         DiskIds {
             disk: uuid_from(key, "disk"),
@@ -112,15 +122,17 @@ impl DiskIds {
 #[derive(Debug, Serialize)]
 pub(crate) struct DiskInputs<'a> {
     disk: &'a DiskSpec,
+    ids: &'a DiskIds,
     loader: &'static str,
 }
 
-pub(crate) fn key(customise: &StageKey, spec: &DiskSpec) -> StageKey {
+pub(crate) fn key(customise: &StageKey, spec: &DiskSpec, ids: &DiskIds) -> StageKey {
     stage_key(
         "disk",
         Some(customise),
         &DiskInputs {
             disk: spec,
+            ids,
             loader: "systemd-boot+syslinux/1",
         },
     )
@@ -369,38 +381,43 @@ pub(crate) fn build_qcow2(raw: &Path, qcow2: &Path, compress: bool) -> Result<()
 }
 
 /// zstd level of `disk.raw.zst`: fast; most of a fresh disk is zeros, which cost nothing at any level.
-const ZST_LEVEL: i32 = 3;
+pub(crate) const ZST_LEVEL: i32 = 3;
+/// Chunks of `disk.raw`, one zstd frame each.
+const ZST_CHUNKING: Chunking = Chunking::Fixed { size: 4 << 20 };
 
 /// The `disk.raw.zst` stage key: the disk's key and the compression settings.
 pub(crate) fn zst_key(disk: &StageKey) -> StageKey {
     stage_key(
         "disk_zst",
         Some(disk),
-        &(ZST_LEVEL, crate::tarball::ZSTD_WORKERS),
+        &(ZST_LEVEL, ZST_CHUNKING, crate::frames::FORMAT),
     )
 }
 
-/// Writes `raw` as one multithreaded zstd frame (with content size and checksum) to `zst`,
-/// reading only the data segments of the sparse file, and returns the digest of what it wrote.
-pub(crate) fn build_raw_zst(raw: &Path, zst: &Path) -> Result<Digested, StageError> {
+/// Writes `raw` to `zst` as one zstd frame (with content size and checksum) per 4 MiB chunk,
+/// copying the frames `reuse` has, reading only the data segments of the sparse file; returns
+/// the digest of what it wrote and the index of its frames.
+pub(crate) fn build_raw_zst(
+    raw: &Path,
+    zst: &Path,
+    reuse: Reuse,
+) -> Result<(Digested, FrameIndex), StageError> {
     let io = |what: &'static str, path: &Path| {
         let path = path.to_owned();
         move |err| StageError::Io { what, path, err }
     };
-    let len = std::fs::metadata(raw).map_err(io("stat", raw))?.len();
     let file = std::fs::File::create(zst).map_err(io("create", zst))?;
-    let w = HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, file));
-    let mut enc = zstd::Encoder::new(w, ZST_LEVEL).map_err(io("compress into", zst))?;
-    enc.multithread(crate::tarball::ZSTD_WORKERS)
-        .and_then(|()| enc.include_checksum(true))
-        .and_then(|()| enc.set_pledged_src_size(Some(len)))
-        .map_err(io("compress into", zst))?;
-    crate::artifact::for_each_chunk(raw, |b| enc.write_all(b)).map_err(io("compress", raw))?;
-    let w = enc.finish().map_err(io("compress into", zst))?;
-    let (mut buf, digest) = w.finish();
+    let buf = std::io::BufWriter::with_capacity(1 << 20, file);
+    let mut w = FrameWriter::new(buf, ZST_LEVEL, ZST_CHUNKING, reuse);
+    crate::artifact::for_each_segment(raw, |seg| match seg {
+        Segment::Data(b) => w.write_all(b),
+        Segment::Hole(n) => w.write_zeros(n),
+    })
+    .map_err(io("compress", raw))?;
+    let (mut buf, digest, index) = w.finish().map_err(io("compress into", zst))?;
     buf.flush().map_err(io("write", zst))?;
     buf.get_ref().sync_all().map_err(io("sync", zst))?;
-    Ok(digest)
+    Ok((digest, index))
 }
 
 #[cfg(test)]

@@ -81,6 +81,18 @@ pub enum Event {
         /// Its cache key.
         key: String,
     },
+    /// A compressed artifact was written as zstd frames, `reused` of them copied from an
+    /// earlier build's artifact instead of compressed again.
+    FramesWritten {
+        /// Which stage.
+        stage: Stage,
+        /// The artifact.
+        artifact: String,
+        /// How many frames it has.
+        frames: usize,
+        /// How many were copied.
+        reused: usize,
+    },
     /// A hook script ran.
     HookFinished {
         /// Hook point.

@@ -13,10 +13,14 @@
 //!   hooks; the artifact keys chain from there.
 //! - [`build`] runs the stages ([`Stage`]), reusing every stage output cached under its key
 //!   (the bootstrap tree, which holds the whole package set, the customised tree, and the
-//!   artifacts, stored with their sha256 so that the manifest does not read them again), reports [`Event`]s to a [`Reporter`] ([`JsonReporter`] for `--json`,
-//!   [`TerminalReporter`] for a TTY), and moves the output into place only when everything
-//!   succeeded ([`BuildError`] names the stage, and for hooks the hook, exit code and stderr
-//!   tail). [`Kind`] picks what is built: disk images, a rootfs tarball only, or the ramdisk.
+//!   artifacts, stored with their sha256 so that the manifest does not read them again, and
+//!   hard-linked into the output). The zstd artifacts are sequences of frames, one per chunk,
+//!   and a rebuild compresses only the chunks that changed, copying the other frames from the
+//!   cache ([`Event::FramesWritten`] counts them). It reports [`Event`]s to a [`Reporter`]
+//!   ([`JsonReporter`] for `--json`, [`TerminalReporter`] for a TTY), and moves the output into
+//!   place only when everything succeeded ([`BuildError`] names the stage, and for hooks the
+//!   hook, exit code and stderr tail). [`Kind`] picks what is built: disk images, a rootfs
+//!   tarball only, or the ramdisk.
 //! - [`write_rootfs_tar`] is the deterministic tar writer (PAX xattrs, hardlinks, devices).
 //! - [`run`] is the command-line entry point used by the thin binary.
 #![warn(clippy::print_stdout)]
@@ -24,10 +28,12 @@
 mod artifact;
 mod bootstrap;
 mod build;
+mod cache;
 mod cli;
 mod customise;
 mod disk;
 mod events;
+mod frames;
 mod keys;
 mod manifest;
 pub mod mirror;

@@ -12,12 +12,17 @@ use std::path::{Path, PathBuf};
 
 use tar::{EntryType, Header};
 
-use crate::artifact::{Digested, HashingWriter};
+use crate::artifact::Digested;
+use crate::frames::{Chunking, FrameIndex, FrameWriter, Reuse};
 
-/// Threads zstd compresses with; fixed so that the output does not depend on the machine.
-pub(crate) const ZSTD_WORKERS: u32 = 4;
 /// zstd level: fast, and the output is stable for a given level.
-const ZSTD_LEVEL: i32 = 3;
+pub(crate) const ZSTD_LEVEL: i32 = 3;
+/// Chunks of the tar stream, one zstd frame each: cut at an entry boundary after 2 MiB, and
+/// after 8 MiB anywhere (in a large file).
+pub(crate) const CHUNKING: Chunking = Chunking::Entries {
+    min: 2 << 20,
+    max: 8 << 20,
+};
 
 /// The tarball could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -144,34 +149,39 @@ fn walk(root: &Path) -> Result<Vec<PathBuf>, TarError> {
 /// Writes the tree at `root` to `out` as a zstd-compressed tar with every mtime set to
 /// `mtime` (SOURCE_DATE_EPOCH). Same tree, same bytes.
 pub fn write_rootfs_tar(root: &Path, out: &Path, mtime: u64) -> Result<(), TarError> {
-    write_rootfs_tar_digest(root, out, mtime).map(drop)
+    write_rootfs_tar_frames(root, out, mtime, Reuse::none()).map(drop)
 }
 
-/// [`write_rootfs_tar`], returning the size and sha256 of the archive, hashed as it is written.
-pub(crate) fn write_rootfs_tar_digest(
+/// [`write_rootfs_tar`] as zstd frames (`frames`), copying those `reuse` has; returns the size
+/// and sha256 of the archive, hashed as it is written, and the index of its frames.
+pub(crate) fn write_rootfs_tar_frames(
     root: &Path,
     out: &Path,
     mtime: u64,
-) -> Result<Digested, TarError> {
+    reuse: Reuse,
+) -> Result<(Digested, FrameIndex), TarError> {
     let werr = |err: io::Error| TarError::Write {
         path: out.to_owned(),
         err,
     };
     let file = File::create(out).map_err(werr)?;
-    let w = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
-    let mut enc = zstd::Encoder::new(w, ZSTD_LEVEL).map_err(werr)?;
-    enc.multithread(ZSTD_WORKERS).map_err(werr)?;
-    let mut builder = tar::Builder::new(enc);
+    let w = FrameWriter::new(
+        BufWriter::with_capacity(1 << 20, file),
+        ZSTD_LEVEL,
+        CHUNKING,
+        reuse,
+    );
+    let mut builder = tar::Builder::new(w);
     append_tree(&mut builder, root, mtime)?;
-    let enc = builder.into_inner().map_err(werr)?;
-    let (mut buf, digest) = enc.finish().map_err(werr)?.finish();
+    let w = builder.into_inner().map_err(werr)?;
+    let (mut buf, digest, index) = w.finish().map_err(werr)?;
     buf.flush().map_err(werr)?;
     buf.get_ref().sync_all().map_err(werr)?;
-    Ok(digest)
+    Ok((digest, index))
 }
 
-fn append_tree<W: Write>(
-    builder: &mut tar::Builder<W>,
+fn append_tree<W: Write + Send + 'static>(
+    builder: &mut tar::Builder<FrameWriter<W>>,
     root: &Path,
     mtime: u64,
 ) -> Result<(), TarError> {
@@ -191,6 +201,10 @@ fn append_tree<W: Write>(
         if ft.is_socket() {
             continue;
         }
+        builder
+            .get_mut()
+            .boundary(rel.as_os_str().as_bytes())
+            .map_err(werr)?;
         let mut h = Header::new_gnu();
         h.set_mode(md.mode() & 0o7777);
         h.set_uid(u64::from(md.uid()));

@@ -722,6 +722,29 @@ fn rebuild_after_one_file_change_reuses_bootstrap_and_compresses_the_qcow2() -> 
         String::from_utf8(tar_member(&out.join("rootfs.tar.zst"), "etc/motd")?)?,
         motd.replace("{{image.name}}", "minimal")
     );
+    // Only the chunks holding what changed are compressed again: the other zstd frames of
+    // both compressed artifacts are copied from the shared build's.
+    let frames: Vec<(&str, u64, u64)> = events
+        .iter()
+        .filter(|e| e["event"] == "frames_written")
+        .filter_map(|e| {
+            Some((
+                e["artifact"].as_str()?,
+                e["frames"].as_u64()?,
+                e["reused"].as_u64()?,
+            ))
+        })
+        .collect();
+    let mut names: Vec<&str> = frames.iter().map(|f| f.0).collect();
+    names.sort();
+    assert_eq!(names, ["disk.raw.zst", "rootfs.tar.zst"], "{events:?}");
+    for (artifact, n, reused) in frames {
+        assert!(reused < n, "{artifact}: no frame was compressed again");
+        assert!(
+            reused * 10 >= n * 9,
+            "{artifact}: only {reused} of {n} frames reused"
+        );
+    }
     // The hooks ran again, reported in hook-point order.
     let hooks: Vec<(&str, &str)> = events
         .iter()
