@@ -378,6 +378,13 @@ fn first_err<T>(
 /// Builds the template described by `opts`, reporting progress to `reporter`.
 pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildOutput, BuildError> {
     let started = Instant::now();
+    // Tools that work on a tree under the cache (`useradd --root`, chroots) need absolute paths.
+    let absolute = |path: &Path| std::path::absolute(path).map_err(out_err("resolve", path));
+    let opts = &BuildOptions {
+        out: absolute(&opts.out)?,
+        cache_dir: absolute(&opts.cache_dir)?,
+        ..opts.clone()
+    };
     let plan = plan(opts)?;
     check_tools(&plan.spec)?;
     let input_hash = plan.keys.input_hash();

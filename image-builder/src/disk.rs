@@ -133,7 +133,7 @@ pub(crate) fn key(customise: &StageKey, spec: &DiskSpec, ids: &DiskIds) -> Stage
         &DiskInputs {
             disk: spec,
             ids,
-            loader: "systemd-boot+syslinux/1",
+            loader: "systemd-boot+syslinux/2",
         },
     )
 }
@@ -208,12 +208,21 @@ fn mtools_target(img: &Path, offset: u64) -> String {
     format!("{}@@{}", img.display(), offset)
 }
 
+/// A command that writes to the ESP: mtools, mkfs.vfat and syslinux take every timestamp
+/// from SOURCE_DATE_EPOCH, so that the same inputs give the same ESP bytes.
+fn esp_cmd(program: &str, mtime: u64) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.env("SOURCE_DATE_EPOCH", mtime.to_string());
+    cmd
+}
+
 fn mcopy_data(
     img: &Path,
     offset: u64,
     scratch: &Path,
     name: &str,
     data: &[u8],
+    mtime: u64,
 ) -> Result<(), StageError> {
     let tmp = scratch.join(name.replace('/', "_"));
     std::fs::write(&tmp, data).map_err(|err| StageError::Io {
@@ -221,12 +230,12 @@ fn mcopy_data(
         path: tmp.clone(),
         err,
     })?;
-    mcopy(img, offset, &tmp, name)
+    mcopy(img, offset, &tmp, name, mtime)
 }
 
-fn mcopy(img: &Path, offset: u64, src: &Path, name: &str) -> Result<(), StageError> {
+fn mcopy(img: &Path, offset: u64, src: &Path, name: &str, mtime: u64) -> Result<(), StageError> {
     common::run_cmd(
-        Command::new("mcopy")
+        esp_cmd("mcopy", mtime)
             .arg("-o")
             .arg("-i")
             .arg(mtools_target(img, offset))
@@ -296,22 +305,33 @@ pub(crate) fn build_raw(
     let esp_off = l.esp_start * SECTOR;
     let volid = &ids.esp[..8];
     common::run_cmd(
-        Command::new("mkfs.vfat")
-            .args(["-F", "32", "-s", "1", "-n", "ESP", "-i", volid, "--offset"])
+        esp_cmd("mkfs.vfat", mtime)
+            .args([
+                "--invariant",
+                "-F",
+                "32",
+                "-s",
+                "1",
+                "-n",
+                "ESP",
+                "-i",
+                volid,
+            ])
+            .arg("--offset")
             .arg(l.esp_start.to_string())
             .arg(img)
             .arg((l.esp_size * SECTOR / 1024).to_string()),
     )?;
     let target = mtools_target(img, esp_off);
-    common::run_cmd(Command::new("mmd").arg("-i").arg(&target).args([
+    common::run_cmd(esp_cmd("mmd", mtime).arg("-i").arg(&target).args([
         "::/EFI",
         "::/EFI/BOOT",
         "::/loader",
         "::/loader/entries",
         "::/syslinux",
     ]))?;
-    mcopy(img, esp_off, &boot.kernel, "/vmlinuz")?;
-    mcopy(img, esp_off, &boot.initrd, "/initrd.img")?;
+    mcopy(img, esp_off, &boot.kernel, "/vmlinuz", mtime)?;
+    mcopy(img, esp_off, &boot.initrd, "/initrd.img", mtime)?;
     let cmdline = kernel_cmdline(ids, &spec.kernel_args);
     if spec.boot.uefi() {
         mcopy(
@@ -319,6 +339,7 @@ pub(crate) fn build_raw(
             esp_off,
             Path::new(SYSTEMD_BOOT),
             "/EFI/BOOT/BOOTX64.EFI",
+            mtime,
         )?;
         mcopy_data(
             img,
@@ -326,6 +347,7 @@ pub(crate) fn build_raw(
             scratch,
             "/loader/loader.conf",
             b"default golden.conf\ntimeout 0\n",
+            mtime,
         )?;
         mcopy_data(
             img,
@@ -334,6 +356,7 @@ pub(crate) fn build_raw(
             "/loader/entries/golden.conf",
             format!("title Golden image\nlinux /vmlinuz\ninitrd /initrd.img\noptions {cmdline}\n")
                 .as_bytes(),
+            mtime,
         )?;
     }
     if spec.boot.bios() {
@@ -343,9 +366,10 @@ pub(crate) fn build_raw(
             scratch,
             "/syslinux/syslinux.cfg",
             format!("SERIAL 0 115200\nDEFAULT golden\nPROMPT 0\nTIMEOUT 0\nLABEL golden\n  KERNEL /vmlinuz\n  APPEND initrd=/initrd.img {cmdline}\n").as_bytes(),
+            mtime,
         )?;
         common::run_cmd(
-            Command::new("syslinux")
+            esp_cmd("syslinux", mtime)
                 .arg("--offset")
                 .arg(esp_off.to_string())
                 .args(["--install", "--directory", "/syslinux"])
