@@ -244,6 +244,8 @@ pub struct Plan {
     files: Vec<customise::RenderedFile>,
     /// Stage keys.
     pub keys: StageKeys,
+    /// The disk's UUIDs (disk builds).
+    disk_ids: Option<DiskIds>,
 }
 
 /// Loads the template and computes every stage key without running anything.
@@ -264,6 +266,8 @@ pub fn plan(opts: &BuildOptions) -> Result<Plan, BuildError> {
     let bootstrap = BootstrapInputs::new(&spec, &mirrors).map_err(stage(Stage::Bootstrap))?;
     let bkey = bootstrap.key();
     let files = customise::render_files(&spec).map_err(stage(Stage::Customise))?;
+    let disk_ids =
+        (spec.kind == Kind::Disk).then(|| DiskIds::for_image(&bkey, &spec.name, &spec.disk));
     let keys = match spec.kind {
         Kind::Disk | Kind::Rootfs => {
             let c = CustomiseInputs::new(&spec, &files, opts.source_date_epoch)
@@ -279,9 +283,8 @@ pub fn plan(opts: &BuildOptions) -> Result<Plan, BuildError> {
                     crate::frames::FORMAT,
                 ),
             );
-            let (disk, qcow2, disk_zst) = if spec.kind == Kind::Disk {
-                let ids = DiskIds::for_image(&bkey, &spec.name, &spec.disk);
-                let dkey = disk::key(&ckey, &spec.disk, &ids);
+            let (disk, qcow2, disk_zst) = if let Some(ids) = &disk_ids {
+                let dkey = disk::key(&ckey, &spec.disk, ids);
                 let qkey = stage_key("qcow2", Some(&dkey), &spec.disk.qcow2_compress);
                 let zkey = spec.disk.zstd.then(|| disk::zst_key(&dkey));
                 (Some(dkey), Some(qkey), zkey)
@@ -315,6 +318,7 @@ pub fn plan(opts: &BuildOptions) -> Result<Plan, BuildError> {
         bootstrap,
         files,
         keys,
+        disk_ids,
     })
 }
 
@@ -351,7 +355,7 @@ fn framed_stage(
     write: impl FnOnce(&Path, Reuse) -> Result<(Digested, FrameIndex), StageError>,
 ) -> Result<CachedFiles, BuildError> {
     cached_files(opts, reporter, stage, key, &[name], |dir, _| {
-        let earlier = cache::siblings(opts, stage, &[name], name);
+        let earlier = cache::siblings(opts, stage, name);
         let path = dir.join(name);
         let (d, index) = write(&path, Reuse::load(&earlier, level))?;
         reporter.event(&index.event(stage, name));
@@ -462,9 +466,8 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildOutput
                 )?
                 .link_to(&tmp.path)
             };
-            match (&keys.disk, &keys.qcow2) {
-                (Some(dkey), Some(qkey)) => {
-                    let ids = DiskIds::for_image(&keys.bootstrap, &spec.name, &spec.disk);
+            match (&keys.disk, &keys.qcow2, &plan.disk_ids) {
+                (Some(dkey), Some(qkey), Some(ids)) => {
                     let disks = || -> Result<Vec<Artifact>, BuildError> {
                         let mut raw =
                             cache::lookup_files(opts, reporter, Stage::Disk, dkey, &["disk.raw"])?;
@@ -472,7 +475,7 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildOutput
                             FileEntry::Cached(c) => c.path("disk.raw"),
                             FileEntry::Producing(p) => {
                                 let path = p.dir().join("disk.raw");
-                                disk::build_raw(&rootfs, &path, &spec.disk, &ids, p.scratch(), sde)
+                                disk::build_raw(&rootfs, &path, &spec.disk, ids, p.scratch(), sde)
                                     .map_err(|err| p.fail(err))?;
                                 path
                             }
@@ -513,19 +516,17 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildOutput
                             let q = s.spawn(qcow2);
                             let z = keys.disk_zst.as_ref().map(|k| s.spawn(move || zst(k)));
                             let hashed = match &mut raw {
-                                FileEntry::Producing(p) => Some(p.hash(Vec::new())),
-                                FileEntry::Cached(_) => None,
+                                FileEntry::Producing(p) => p.hash(Vec::new()),
+                                FileEntry::Cached(_) => Ok(()),
                             };
                             let q = q.join().expect("invariant: qcow2 does not panic");
                             let z = z.map(|z| z.join().expect("invariant: zstd does not panic"));
                             (q, z, hashed)
                         });
-                        let raw = match (raw, hashed) {
-                            (FileEntry::Cached(c), _) => c,
-                            (FileEntry::Producing(p), Some(a)) => p.store(reporter, a?)?,
-                            (FileEntry::Producing(_), None) => {
-                                unreachable!("a disk.raw being produced is hashed")
-                            }
+                        hashed?;
+                        let raw = match raw {
+                            FileEntry::Cached(c) => c,
+                            FileEntry::Producing(p) => p.store(reporter)?,
                         };
                         let mut parts = vec![raw.link_to(&tmp.path), q];
                         parts.extend(z);
@@ -539,7 +540,7 @@ pub fn build(opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildOutput
                     });
                     let tar = tar.expect("invariant: the tarball thread does not panic")?;
                     artifacts = first_err([Ok(tar), disks])?.concat();
-                    extra.kernel_cmdline = Some(disk::kernel_cmdline(&ids, &spec.disk.kernel_args));
+                    extra.kernel_cmdline = Some(disk::kernel_cmdline(ids, &spec.disk.kernel_args));
                     extra.root_partuuid = Some(ids.root.clone());
                 }
                 _ => artifacts = tarball()?,

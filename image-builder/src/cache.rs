@@ -156,13 +156,14 @@ impl Producing {
     }
 
     /// Reports the stage as finished (at `finished`) and renames the entry into place;
-    /// returns its path.
+    /// returns its path, and whether it is this build's (not another's that stored the same
+    /// key first).
     fn store(
         self,
         reporter: &dyn Reporter,
         bounded: bool,
         finished: Instant,
-    ) -> Result<PathBuf, BuildError> {
+    ) -> Result<(PathBuf, bool), BuildError> {
         let duration = finished.duration_since(self.started).as_millis();
         reporter.event(&Event::StageFinished {
             stage: self.stage,
@@ -170,17 +171,17 @@ impl Producing {
             duration_ms: u64::try_from(duration).unwrap_or(u64::MAX),
         });
         let dir = self.root.join(&self.key.0);
-        match std::fs::rename(&self.tmp.path, &dir) {
-            Ok(()) => {}
+        let ours = match std::fs::rename(&self.tmp.path, &dir) {
+            Ok(()) => true,
             // Another build finished the same key first: use theirs.
-            Err(_) if dir.is_dir() => {}
+            Err(_) if dir.is_dir() => false,
             Err(err) => return Err(out_err("store cache entry", &dir)(err)),
-        }
+        };
         if bounded {
             touch(&dir);
             prune(&self.root, &dir);
         }
-        Ok(dir)
+        Ok((dir, ours))
     }
 }
 
@@ -208,7 +209,7 @@ pub(crate) fn cached_dir(
     }
     let p = Producing::begin(opts, reporter, stage, key)?;
     produce(&p.tmp.path, &p.scratch.path).map_err(|err| p.fail(err))?;
-    p.store(reporter, bounded, Instant::now())
+    Ok(p.store(reporter, bounded, Instant::now())?.0)
 }
 
 /// What tells whether a file changed since its entry was stored: writing to it (through an
@@ -336,7 +337,8 @@ pub(crate) enum FileEntry {
 pub(crate) struct ProducingFiles {
     inner: Producing,
     names: Vec<String>,
-    hashed: Option<Instant>,
+    /// The artifacts' digests, once [`ProducingFiles::hash`] ran, and when.
+    hashed: Option<(Instant, Vec<Artifact>)>,
 }
 
 impl ProducingFiles {
@@ -355,9 +357,9 @@ impl ProducingFiles {
         self.inner.fail(err)
     }
 
-    /// The digests of every artifact, `known` (hashed while written) or hashed now. The
+    /// Takes the digests of every artifact, `known` (hashed while written) or hashed now. The
     /// stage counts as finished from here: what reads the artifacts may run before it is stored.
-    pub(crate) fn hash(&mut self, known: Vec<Artifact>) -> Result<Vec<Artifact>, BuildError> {
+    pub(crate) fn hash(&mut self, known: Vec<Artifact>) -> Result<(), BuildError> {
         let names: Vec<&str> = self.names.iter().map(String::as_str).collect();
         let d = digests(self.dir(), &names, known).map_err(|err| {
             self.fail(StageError::Io {
@@ -366,16 +368,17 @@ impl ProducingFiles {
                 err,
             })
         })?;
-        self.hashed = Some(Instant::now());
-        Ok(d)
+        self.hashed = Some((Instant::now(), d));
+        Ok(())
     }
 
-    /// Records the digests (from [`ProducingFiles::hash`]) and stamps, and stores the entry.
-    pub(crate) fn store(
-        self,
-        reporter: &dyn Reporter,
-        artifacts: Vec<Artifact>,
-    ) -> Result<CachedFiles, BuildError> {
+    /// Records the digests (hashing the artifacts first unless [`ProducingFiles::hash`] did)
+    /// and stamps, and stores the entry.
+    pub(crate) fn store(mut self, reporter: &dyn Reporter) -> Result<CachedFiles, BuildError> {
+        if self.hashed.is_none() {
+            self.hash(Vec::new())?;
+        }
+        let (finished, artifacts) = self.hashed.take().expect("invariant: hashed just above");
         let io = |what: &'static str, path: &Path| {
             let path = path.to_owned();
             move |err| StageError::Io { what, path, err }
@@ -400,12 +403,15 @@ impl ProducingFiles {
             .map_err(io("write", &path))
             .map_err(|err| self.fail(err))?;
         let stage = self.inner.stage;
-        let names = self.names.clone();
-        let finished = self.hashed.unwrap_or_else(Instant::now);
-        let dir = self.inner.store(reporter, true, finished)?;
-        // Another build may have stored the same key first: describe what is there.
-        let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        let artifacts = intact(&dir, &names).unwrap_or(artifacts);
+        let names = self.names;
+        let (dir, ours) = self.inner.store(reporter, true, finished)?;
+        let artifacts = if ours {
+            artifacts
+        } else {
+            // Another build stored the same key first: describe what is there.
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            intact(&dir, &names).unwrap_or(artifacts)
+        };
         Ok(CachedFiles {
             stage,
             dir,
@@ -462,14 +468,9 @@ pub(crate) fn lookup_files(
     }))
 }
 
-/// The file `name` of every intact entry of the file stage `stage` (artifacts `names`): what a
+/// The artifact `name` of every intact entry of the one-artifact file stage `stage`: what a
 /// new entry of the stage may copy pieces of.
-pub(crate) fn siblings(
-    opts: &BuildOptions,
-    stage: Stage,
-    names: &[&str],
-    name: &str,
-) -> Vec<PathBuf> {
+pub(crate) fn siblings(opts: &BuildOptions, stage: Stage, name: &str) -> Vec<PathBuf> {
     let root = opts.cache_dir.join(stage.as_str());
     let Ok(entries) = std::fs::read_dir(&root) else {
         return Vec::new();
@@ -478,7 +479,7 @@ pub(crate) fn siblings(
         .flatten()
         .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
         .map(|e| e.path())
-        .filter(|dir| intact(dir, names).is_some())
+        .filter(|dir| intact(dir, &[name]).is_some())
         .map(|dir| dir.join(name))
         .collect()
 }
@@ -499,8 +500,8 @@ pub(crate) fn cached_files(
         FileEntry::Cached(c) => Ok(c),
         FileEntry::Producing(mut p) => {
             let known = produce(p.dir(), p.scratch()).map_err(|err| p.fail(err))?;
-            let artifacts = p.hash(known)?;
-            p.store(reporter, artifacts)
+            p.hash(known)?;
+            p.store(reporter)
         }
     }
 }

@@ -183,8 +183,8 @@ impl Reuse {
         r
     }
 
-    /// The frame of `chunk` if an earlier artifact has it intact.
-    fn frame(&self, chunk: &blake3::Hash) -> Option<Vec<u8>> {
+    /// The frame of `chunk` and its BLAKE3, if an earlier artifact has it intact.
+    fn frame(&self, chunk: &blake3::Hash) -> Option<(Vec<u8>, blake3::Hash)> {
         let hit = self.frames.get(chunk)?;
         let mut buf = vec![0u8; usize::try_from(hit.len).ok()?];
         self.sources[hit.source]
@@ -194,7 +194,7 @@ impl Reuse {
             tracing::debug!(chunk = %chunk, "cached frame changed: compressing again");
             return None;
         }
-        Some(buf)
+        Some((buf, hit.frame))
     }
 }
 
@@ -208,22 +208,75 @@ enum Chunk {
     Zeros(usize),
 }
 
-/// A chunk's frame, in stream order.
-struct Frame {
-    seq: u64,
+/// A chunk's frame.
+#[derive(Clone)]
+struct Made {
+    /// BLAKE3 of the chunk.
     chunk: blake3::Hash,
+    /// BLAKE3 of the frame.
+    frame: blake3::Hash,
     bytes: Arc<[u8]>,
+    /// Copied, not compressed by this build.
     reused: bool,
 }
 
-/// Compressed frames of zero chunks, by length: a disk is mostly zeros.
-type ZeroFrames = Mutex<HashMap<usize, (blake3::Hash, Arc<[u8]>)>>;
+/// A chunk's frame, in stream order.
+struct Frame {
+    seq: u64,
+    made: Made,
+}
+
+/// Frames of zero chunks, by length: a disk is mostly zeros.
+type ZeroFrames = Mutex<HashMap<usize, Made>>;
 
 /// A frame's compressor: the level, a checksum, the content size in the header.
 fn compressor(level: i32) -> io::Result<zstd::bulk::Compressor<'static>> {
     let mut c = zstd::bulk::Compressor::new(level)?;
     c.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))?;
     Ok(c)
+}
+
+/// The frame of `data`: copied from `reuse` if it has it intact, else compressed.
+fn make_frame(data: &[u8], reuse: &Reuse, c: &mut zstd::bulk::Compressor<'_>) -> io::Result<Made> {
+    let chunk = blake3::hash(data);
+    if let Some((bytes, frame)) = reuse.frame(&chunk) {
+        return Ok(Made {
+            chunk,
+            frame,
+            bytes: bytes.into(),
+            reused: true,
+        });
+    }
+    let bytes = c.compress(data)?;
+    Ok(Made {
+        chunk,
+        frame: blake3::hash(&bytes),
+        bytes: bytes.into(),
+        reused: false,
+    })
+}
+
+/// The frame of `len` zero bytes, made once per writer.
+fn zero_frame(
+    len: usize,
+    reuse: &Reuse,
+    c: &mut zstd::bulk::Compressor<'_>,
+    zeros: &ZeroFrames,
+) -> io::Result<Made> {
+    let lock = || {
+        zeros
+            .lock()
+            .expect("invariant: no worker panics holding the zero frames")
+    };
+    if let Some(made) = lock().get(&len) {
+        return Ok(Made {
+            reused: true,
+            ..made.clone()
+        });
+    }
+    let made = make_frame(&vec![0u8; len], reuse, c)?;
+    lock().insert(len, made.clone());
+    Ok(made)
 }
 
 fn worker(
@@ -240,7 +293,6 @@ fn worker(
             return;
         }
     };
-    let mut compress = |data: &[u8]| c.compress(data);
     loop {
         let job = jobs
             .lock()
@@ -249,48 +301,11 @@ fn worker(
         let Ok((seq, chunk)) = job else {
             return;
         };
-        let frame = match chunk {
-            Chunk::Data(data) => {
-                let hash = blake3::hash(&data);
-                match reuse.frame(&hash) {
-                    Some(bytes) => Ok((hash, Arc::from(bytes), true)),
-                    None => compress(&data).map(|b| (hash, Arc::from(b), false)),
-                }
-            }
-            Chunk::Zeros(len) => {
-                let known = zeros
-                    .lock()
-                    .expect("invariant: no worker panics holding the zero frames")
-                    .get(&len)
-                    .cloned();
-                match known {
-                    Some((hash, bytes)) => Ok((hash, bytes, true)),
-                    None => {
-                        let data = vec![0u8; len];
-                        let hash = blake3::hash(&data);
-                        let bytes = match reuse.frame(&hash) {
-                            Some(b) => Ok((b, true)),
-                            None => compress(&data).map(|b| (b, false)),
-                        };
-                        bytes.map(|(b, reused)| {
-                            let b = Arc::<[u8]>::from(b);
-                            zeros
-                                .lock()
-                                .expect("invariant: no worker panics holding the zero frames")
-                                .insert(len, (hash, b.clone()));
-                            (hash, b, reused)
-                        })
-                    }
-                }
-            }
+        let made = match chunk {
+            Chunk::Data(data) => make_frame(&data, reuse, &mut c),
+            Chunk::Zeros(len) => zero_frame(len, reuse, &mut c, zeros),
         };
-        let msg = frame.map(|(chunk, bytes, reused)| Frame {
-            seq,
-            chunk,
-            bytes,
-            reused,
-        });
-        if done.send(msg).is_err() {
+        if done.send(made.map(|made| Frame { seq, made })).is_err() {
             return;
         }
     }
@@ -311,18 +326,18 @@ fn write_in_order<W: Write>(
     for msg in done {
         let f = msg?;
         waiting.insert(f.seq, f);
-        while let Some(f) = waiting.remove(&next) {
-            out.write_all(&f.bytes)?;
-            let len = f.bytes.len() as u64;
+        while let Some(Frame { made, .. }) = waiting.remove(&next) {
+            out.write_all(&made.bytes)?;
+            let len = made.bytes.len() as u64;
             frames.push(FrameEntry {
-                chunk: f.chunk.to_hex().to_string(),
-                frame: blake3::hash(&f.bytes).to_hex().to_string(),
+                chunk: made.chunk.to_hex().to_string(),
+                frame: made.frame.to_hex().to_string(),
                 offset,
                 len,
             });
             offset += len;
             next += 1;
-            reused += usize::from(f.reused);
+            reused += usize::from(made.reused);
         }
     }
     if !waiting.is_empty() {
